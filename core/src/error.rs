@@ -1,0 +1,68 @@
+//! The one error type of `coupon-core`, with a stable label per variant for metrics and logs.
+
+use crate::campaign::CouponId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("campaign manifest does not parse: {0}")]
+    CampaignParse(String),
+    #[error("campaign is invalid:\n  - {}", .0.join("\n  - "))]
+    CampaignInvalid(Vec<String>),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("unsupported database url {0:?}: use postgres://, mysql:// or sqlite:")]
+    DatabaseUrl(String),
+    #[error(
+        "topic {topic} has {live} partitions; the spec asks for {wanted}: partitions may only grow"
+    )]
+    PartitionDecrease {
+        topic: String,
+        live: i32,
+        wanted: i32,
+    },
+    #[error(
+        "coupon {coupon}: quantity {wanted} is below the provisioned {live}; quantities may only grow"
+    )]
+    QuantityDecrease {
+        coupon: CouponId,
+        live: i64,
+        wanted: i64,
+    },
+    #[error(
+        "coupon {coupon}: the gate's state is gone from Redis while {lag} events are not yet in the ledger; \
+         wait for the consumers to drain the topic, then provision again"
+    )]
+    GateRebuildNeedsDrain { coupon: CouponId, lag: i64 },
+    #[error("campaign {0:?} is not provisioned (no coupons in the ledger)")]
+    NotProvisioned(String),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::CampaignParse(_) => "campaign_parse",
+            Self::CampaignInvalid(_) => "campaign_invalid",
+            Self::Redis(_) => "redis",
+            Self::Database(_) => "database",
+            Self::Migrate(_) => "migrate",
+            Self::Kafka(_) => "kafka",
+            Self::DatabaseUrl(_) => "database_url",
+            Self::PartitionDecrease { .. } => "partition_decrease",
+            Self::QuantityDecrease { .. } => "quantity_decrease",
+            Self::GateRebuildNeedsDrain { .. } => "gate_rebuild_needs_drain",
+            Self::NotProvisioned(_) => "not_provisioned",
+            Self::Unexpected(_) => "unexpected",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
