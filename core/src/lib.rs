@@ -1,10 +1,15 @@
 //! `coupon-core`: the domain every binary shares. The data flows one way:
 //! request → [`gate`] → [`event`] → batch → [`ledger`].
 
+pub mod broker;
 pub mod campaign;
+pub mod config;
 pub mod error;
 pub mod event;
 pub mod gate;
 pub mod ledger;
+pub mod provision;
+pub mod reconcile;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -1,0 +1,337 @@
+//! Kafka: the publisher (idempotent, acks=all), topic administration (grow only) and exact lag.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+use crate::event::IssuanceEvent;
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings every client of this system shares.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
+        .set("socket.keepalive.enable", "true")
+        .set("log_level", "4");
+    cfg
+}
+
+/// How long the API waits for the broker's acknowledgement before it answers "unknown".
+#[derive(Debug, Clone, Copy)]
+pub struct PublishTimeouts {
+    /// librdkafka's `message.timeout.ms`: the delivery deadline of one event.
+    pub message: Duration,
+    /// librdkafka's `request.timeout.ms`.
+    pub request: Duration,
+}
+
+impl Default for PublishTimeouts {
+    fn default() -> Self {
+        Self {
+            message: Duration::from_secs(5),
+            request: Duration::from_secs(4),
+        }
+    }
+}
+
+/// The outcome of a publish that was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishFailure {
+    /// The event was certainly not written: the reservation can be released at once.
+    #[error("broker refused the event: {0}")]
+    Refused(String),
+    /// The event may or may not be in the log: keep the reservation, reconcile later.
+    #[error("broker result unknown: {0}")]
+    Unknown(String),
+}
+
+impl PublishFailure {
+    pub fn classify(err: &KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        let code = err.rdkafka_error_code();
+        // Only errors that prove the record was not appended count as refusals; everything
+        // else (timeouts, transport, fatal idempotence errors) might have been written.
+        let refused = matches!(
+            code,
+            Some(
+                C::QueueFull
+                    | C::MessageSizeTooLarge
+                    | C::UnknownTopic
+                    | C::UnknownPartition
+                    | C::UnknownTopicOrPartition
+                    | C::TopicAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+                    | C::InvalidRecord
+                    | C::InvalidTopic
+                    | C::MessageBatchTooLarge
+                    | C::InvalidRequiredAcks
+                    | C::PurgeQueue
+                    | C::InvalidArgument
+            )
+        );
+        if refused {
+            Self::Refused(err.to_string())
+        } else {
+            Self::Unknown(err.to_string())
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "refused",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
+/// Publishes issuance events and resolves only when the broker acknowledged (acks=all).
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Publisher {
+    pub fn new(brokers: &str, topic: &str, timeouts: PublishTimeouts) -> Result<Self> {
+        let producer: FutureProducer = client_config(brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "200000")
+            .set("compression.type", "lz4")
+            .set("message.timeout.ms", timeouts.message.as_millis().to_string())
+            .set("request.timeout.ms", timeouts.request.as_millis().to_string())
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_string(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Fails fast when the broker or the topic is unreachable.
+    pub async fn check(&self) -> Result<i32> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            match md.topics().first() {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    Ok(t.partitions().len() as i32)
+                }
+                _ => Err(Error::Unexpected(format!(
+                    "topic {topic} does not exist; provision the campaign first"
+                ))),
+            }
+        })
+        .await
+        .map_err(|e| Error::Unexpected(e.to_string()))?
+    }
+
+    /// `(partition, offset)` once the broker acknowledged the event.
+    pub async fn publish(&self, event: &IssuanceEvent) -> Result<(i32, i64), PublishFailure> {
+        let key = event.key();
+        let payload = event.encode();
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        // Never wait on a full local queue: that is back-pressure, answered as a refusal.
+        self.producer
+            .send(record, Timeout::After(Duration::ZERO))
+            .await
+            .map(|d| (d.partition, d.offset))
+            .map_err(|(e, _)| PublishFailure::classify(&e))
+    }
+
+    /// Sends what is queued; called on shutdown.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+}
+
+/// What happened to the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicChange {
+    Created { partitions: i32 },
+    Grown { from: i32, to: i32 },
+    Unchanged { partitions: i32 },
+}
+
+/// Topic administration; the broker and the embedded mock differ here only.
+#[async_trait]
+pub trait TopicAdmin: Send + Sync {
+    /// Creates the topic or grows it to `partitions`; a decrease is refused, topic untouched.
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<TopicChange>;
+}
+
+/// Topic administration through the Kafka admin API.
+pub struct KafkaAdmin {
+    brokers: String,
+    admin: AdminClient<DefaultClientContext>,
+}
+
+impl KafkaAdmin {
+    pub fn new(brokers: &str) -> Result<Self> {
+        Ok(Self {
+            brokers: brokers.to_string(),
+            admin: client_config(brokers).create()?,
+        })
+    }
+}
+
+/// Partition count of `topic`, `None` when it does not exist.
+pub async fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let topic = topic.to_string();
+    blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+        Ok(md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32))
+    })
+    .await
+}
+
+#[async_trait]
+impl TopicAdmin for KafkaAdmin {
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<TopicChange> {
+        let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        match partition_count(&self.brokers, topic).await? {
+            None => {
+                let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+                for r in self.admin.create_topics([&new], &opts).await? {
+                    match r {
+                        Ok(_) => {}
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((t, code)) => {
+                            return Err(Error::Unexpected(format!("creating topic {t}: {code}")));
+                        }
+                    }
+                }
+                Ok(TopicChange::Created { partitions })
+            }
+            Some(live) if live == partitions => Ok(TopicChange::Unchanged { partitions }),
+            Some(live) if live > partitions => Err(Error::PartitionDecrease {
+                topic: topic.to_string(),
+                live,
+                wanted: partitions,
+            }),
+            Some(live) => {
+                let grow = NewPartitions::new(topic, partitions as usize);
+                for r in self.admin.create_partitions([&grow], &opts).await? {
+                    r.map_err(|(t, code)| {
+                        Error::Unexpected(format!("growing topic {t}: {code}"))
+                    })?;
+                }
+                Ok(TopicChange::Grown {
+                    from: live,
+                    to: partitions,
+                })
+            }
+        }
+    }
+}
+
+/// Lag of one partition: end offset − the group's committed offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// Log start offset.
+    pub start: i64,
+    /// High watermark: the offset the next record will get.
+    pub end: i64,
+    /// The group's committed offset; `None` before its first commit.
+    pub committed: Option<i64>,
+    /// end − committed; before a first commit, end − start (all of it is unread).
+    pub lag: i64,
+}
+
+/// Exact lag of `group` on `topic`, per partition, read from the broker.
+pub async fn group_lag(brokers: &str, group: &str, topic: &str) -> Result<Vec<PartitionLag>> {
+    let consumer: BaseConsumer = client_config(brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let topic = topic.to_string();
+    blocking(move || {
+        let md = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+        let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
+            return Ok(Vec::new());
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in t.partitions() {
+            tpl.add_partition(&topic, p.id());
+        }
+        let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+        let mut out = Vec::new();
+        for p in t.partitions() {
+            let (start, end) = consumer.fetch_watermarks(&topic, p.id(), METADATA_TIMEOUT)?;
+            let committed = match committed
+                .find_partition(&topic, p.id())
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            };
+            let lag = (end - committed.unwrap_or(start).max(start)).max(0);
+            out.push(PartitionLag {
+                partition: p.id(),
+                start,
+                end,
+                committed,
+                lag,
+            });
+        }
+        out.sort_by_key(|p| p.partition);
+        Ok(out)
+    })
+    .await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unexpected(format!("blocking task failed: {e}")))?
+}
+
+/// The end offsets of every partition now, for "drained up to here" checks.
+pub fn end_offsets(lags: &[PartitionLag]) -> Vec<(i32, i64)> {
+    lags.iter().map(|p| (p.partition, p.end)).collect()
+}
+
+/// True when the group has committed at least up to `ends` on every partition.
+pub fn drained_past(lags: &[PartitionLag], ends: &[(i32, i64)]) -> bool {
+    ends.iter().all(|(partition, end)| {
+        *end == 0
+            || lags
+                .iter()
+                .find(|l| l.partition == *partition)
+                .is_some_and(|l| l.committed.unwrap_or(l.start).max(l.start) >= *end)
+    })
+}

@@ -1,0 +1,297 @@
+//! Verification of the invariants I1–I6 across the spec, the gate (Redis), the ledger (database)
+//! and the topic's offsets. Unlike the seed's check, it never compares the database with itself.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::broker::{PartitionLag, group_lag};
+use crate::campaign::{CouponId, consumer_group};
+use crate::error::{Error, Result};
+use crate::gate::{GateSnapshot, StockGate};
+use crate::ledger::Ledger;
+
+/// The load generator's log: request ids answered 202, and ids of ambiguous answers (503 with a
+/// request id) that may or may not have been issued. One id per line, ambiguous ones prefixed `?`.
+#[derive(Debug, Clone, Default)]
+pub struct AcceptedLog {
+    pub accepted: HashSet<Uuid>,
+    pub ambiguous: HashSet<Uuid>,
+}
+
+impl AcceptedLog {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut log = Self::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (set, id) = match line.strip_prefix('?') {
+                Some(rest) => (&mut log.ambiguous, rest.trim()),
+                None => (&mut log.accepted, line),
+            };
+            let id = Uuid::parse_str(id).map_err(|e| {
+                Error::Unexpected(format!("accepted log line {}: {line:?} is not a request id: {e}", n + 1))
+            })?;
+            set.insert(id);
+        }
+        Ok(log)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+/// One coupon seen three ways.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponLine {
+    pub coupon_id: CouponId,
+    pub spec_quantity: i64,
+    pub issued: i64,
+    pub db_remaining: i64,
+    pub redis_remaining: Option<i64>,
+    pub refused_sold_out: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub campaign: String,
+    pub coupons: Vec<CouponLine>,
+    pub partitions: Vec<PartitionLag>,
+    pub checks: Vec<Check>,
+}
+
+impl VerifyReport {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    pub fn total_issued(&self) -> i64 {
+        self.coupons.iter().map(|c| c.issued).sum()
+    }
+
+    pub fn total_lag(&self) -> i64 {
+        self.partitions.iter().map(|p| p.lag).sum()
+    }
+
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let quantity: i64 = self.coupons.iter().map(|c| c.spec_quantity).sum();
+        let remaining: i64 = self.coupons.iter().map(|c| c.db_remaining).sum();
+        let _ = writeln!(
+            s,
+            "campaign {}: {} coupons, quantity {quantity}, issued {}, remaining {remaining}, lag {}",
+            self.campaign,
+            self.coupons.len(),
+            self.total_issued(),
+            self.total_lag()
+        );
+        let _ = writeln!(s, "{:<4} {:<34} {:<7} detail", "id", "invariant", "result");
+        for c in &self.checks {
+            let status = match c.status {
+                Status::Pass => "PASS",
+                Status::Fail => "FAIL",
+                Status::Skipped => "skip",
+            };
+            let _ = writeln!(s, "{:<4} {:<34} {:<7} {}", c.id, c.name, status, c.detail);
+        }
+        s
+    }
+}
+
+/// What verification reads.
+pub struct VerifyInput<'a> {
+    pub campaign: &'a str,
+    pub topic: &'a str,
+    pub brokers: &'a str,
+    /// Quantities from the spec file; `None` reads them from the ledger's `coupons` rows.
+    pub spec: Option<BTreeMap<CouponId, i64>>,
+    pub accepted: Option<&'a AcceptedLog>,
+}
+
+pub async fn verify(
+    input: &VerifyInput<'_>,
+    gate: &dyn StockGate,
+    ledger: &Ledger,
+) -> Result<VerifyReport> {
+    let books = ledger.books(input.campaign).await?;
+    if books.is_empty() {
+        return Err(Error::NotProvisioned(input.campaign.to_string()));
+    }
+    let spec: BTreeMap<CouponId, i64> = match &input.spec {
+        Some(spec) => spec.clone(),
+        None => books.iter().map(|b| (b.coupon_id, b.total_quantity)).collect(),
+    };
+    let mut coupons = Vec::with_capacity(books.len());
+    for b in &books {
+        let snap: Option<GateSnapshot> = gate.snapshot(input.campaign, b.coupon_id).await?;
+        coupons.push(CouponLine {
+            coupon_id: b.coupon_id,
+            spec_quantity: spec.get(&b.coupon_id).copied().unwrap_or(b.total_quantity),
+            issued: b.issued,
+            db_remaining: b.remaining,
+            redis_remaining: snap.map(|s| s.remaining),
+            refused_sold_out: snap.map_or(0, |s| s.refused_sold_out),
+        });
+    }
+    let partitions = group_lag(input.brokers, &consumer_group(input.campaign), input.topic).await?;
+    let lag: i64 = partitions.iter().map(|p| p.lag).sum();
+    let mut checks = Vec::new();
+
+    let over: Vec<_> = coupons.iter().filter(|c| c.issued > c.spec_quantity).collect();
+    checks.push(Check {
+        id: "I1",
+        name: "no over-issue",
+        status: pass_if(over.is_empty()),
+        detail: match over.first() {
+            None => format!("{} coupons, every one issued <= quantity", coupons.len()),
+            Some(c) => format!(
+                "{} coupons over-issued, e.g. coupon {}: {} issued of {}",
+                over.len(),
+                c.coupon_id,
+                c.issued,
+                c.spec_quantity
+            ),
+        },
+    });
+
+    let dups = ledger.duplicate_pairs(input.campaign).await?;
+    checks.push(Check {
+        id: "I2",
+        name: "no duplicate (user, coupon)",
+        status: pass_if(dups == 0),
+        detail: format!("{dups} (user, coupon) pairs with more than one row"),
+    });
+
+    let missing_spec: Vec<_> = spec.keys().filter(|id| !books.iter().any(|b| b.coupon_id == **id)).collect();
+    let disagree: Vec<_> = coupons
+        .iter()
+        .filter(|c| {
+            c.spec_quantity - c.issued != c.db_remaining || c.redis_remaining != Some(c.db_remaining)
+        })
+        .collect();
+    checks.push(Check {
+        id: "I3",
+        name: "stock agrees: spec, ledger, Redis",
+        status: pass_if(disagree.is_empty() && missing_spec.is_empty() && lag == 0),
+        detail: if lag > 0 {
+            format!("topic not drained (lag {lag}); stock cannot agree yet")
+        } else if let Some(id) = missing_spec.first() {
+            format!("coupon {id} is in the spec but not in the ledger")
+        } else {
+            match disagree.first() {
+                None => format!(
+                    "quantity - issued = ledger remaining = Redis remaining for all {} coupons",
+                    coupons.len()
+                ),
+                Some(c) => format!(
+                    "{} coupons disagree, e.g. coupon {}: quantity {} - issued {} vs ledger {} vs Redis {}",
+                    disagree.len(),
+                    c.coupon_id,
+                    c.spec_quantity,
+                    c.issued,
+                    c.db_remaining,
+                    c.redis_remaining.map_or("missing".to_string(), |r| r.to_string())
+                ),
+            }
+        },
+    });
+
+    checks.push(match input.accepted {
+        None => Check {
+            id: "I4",
+            name: "every 202 stored, every row a 202",
+            status: Status::Skipped,
+            detail: "no accepted log given (--accepted FILE)".into(),
+        },
+        Some(log) => {
+            let stored = ledger.request_ids(input.campaign).await?;
+            let lost = log.accepted.iter().filter(|id| !stored.contains(id)).count();
+            let unexplained = stored
+                .iter()
+                .filter(|id| !log.accepted.contains(id) && !log.ambiguous.contains(id))
+                .count();
+            Check {
+                id: "I4",
+                name: "every 202 stored, every row a 202",
+                status: pass_if(lost == 0 && unexplained == 0),
+                detail: format!(
+                    "{} accepted, {} stored, {lost} accepted but not stored, {unexplained} stored but never accepted ({} ambiguous)",
+                    log.accepted.len(),
+                    stored.len(),
+                    log.ambiguous.len()
+                ),
+            }
+        }
+    });
+
+    let stranded: Vec<_> = coupons
+        .iter()
+        .filter(|c| c.refused_sold_out > 0 && c.db_remaining > 0)
+        .collect();
+    let refused_coupons = coupons.iter().filter(|c| c.refused_sold_out > 0).count();
+    checks.push(Check {
+        id: "I5",
+        name: "no stranded stock",
+        status: pass_if(stranded.is_empty()),
+        detail: match stranded.first() {
+            None => format!("{refused_coupons} coupons refused users as sold out, all at 0 remaining"),
+            Some(c) => format!(
+                "{} coupons refused users as sold out with stock left, e.g. coupon {}: {} refused, {} remaining",
+                stranded.len(),
+                c.coupon_id,
+                c.refused_sold_out,
+                c.db_remaining
+            ),
+        },
+    });
+
+    let per_partition: Vec<String> = partitions
+        .iter()
+        .map(|p| {
+            format!(
+                "p{}: {} - {} = {}",
+                p.partition,
+                p.end,
+                p.committed.map_or("none".to_string(), |c| c.to_string()),
+                p.lag
+            )
+        })
+        .collect();
+    checks.push(Check {
+        id: "I6",
+        name: "lag exact and drained",
+        status: pass_if(lag == 0 && !partitions.is_empty()),
+        detail: format!("end - committed: {} (total {lag})", per_partition.join(", ")),
+    });
+
+    Ok(VerifyReport {
+        campaign: input.campaign.to_string(),
+        coupons,
+        partitions,
+        checks,
+    })
+}
+
+fn pass_if(ok: bool) -> Status {
+    if ok { Status::Pass } else { Status::Fail }
+}
