@@ -1,0 +1,100 @@
+//! The one error type of the API: every refusal is JSON `{"code", "message"}` with a stable code.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use coupon_core::campaign::CouponId;
+use serde::Serialize;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("coupon {0} is sold out")]
+    SoldOut(CouponId),
+    #[error("user already holds coupon {coupon} (request {request_id})")]
+    AlreadyIssued { coupon: CouponId, request_id: Uuid },
+    #[error("issuance has not opened yet")]
+    NotOpen,
+    #[error("issuance has closed")]
+    Closed,
+    #[error("coupon {0} does not exist in this campaign")]
+    UnknownCoupon(String),
+    #[error("{message}")]
+    InvalidRequest { status: StatusCode, message: String },
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        /// Set when the outcome is unknown: the request may still be issued.
+        request_id: Option<Uuid>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Body<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<Uuid>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            request_id: None,
+        }
+    }
+
+    /// The stable code clients and metrics see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SoldOut(_) => "sold_out",
+            Self::AlreadyIssued { .. } => "already_issued",
+            Self::NotOpen => "not_open",
+            Self::Closed => "closed",
+            Self::UnknownCoupon(_) => "unknown_coupon",
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::SoldOut(_) | Self::AlreadyIssued { .. } => StatusCode::CONFLICT,
+            Self::NotOpen | Self::Closed => StatusCode::FORBIDDEN,
+            Self::UnknownCoupon(_) => StatusCode::NOT_FOUND,
+            Self::InvalidRequest { status, .. } => *status,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = match &self {
+            Self::AlreadyIssued { request_id, .. } => Some(*request_id),
+            Self::Unavailable { request_id, .. } => *request_id,
+            _ => None,
+        };
+        let body = Body {
+            code: self.code(),
+            message: self.to_string(),
+            request_id,
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, Self::Unavailable { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,117 @@
+//! The issue path: gate → event → publish, and the compensation when the broker does not ack.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use coupon_core::broker::{PublishFailure, Publisher};
+use coupon_core::campaign::CouponId;
+use coupon_core::event::IssuanceEvent;
+use coupon_core::gate::{Decision, Pending, StockGate};
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::request::IssueRequest;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub request_id: Uuid,
+    pub coupon_id: CouponId,
+    pub user_id: u64,
+}
+
+pub struct Issuer {
+    pub campaign: String,
+    pub gate: Arc<dyn StockGate>,
+    pub publisher: Publisher,
+    pub metrics: Metrics,
+}
+
+impl Issuer {
+    /// Reserves in the gate, publishes, and answers only once the outcome is known (or known
+    /// to be unknown).
+    pub async fn issue(&self, req: &IssueRequest) -> Result<Accepted, ApiError> {
+        let request_id = req.request_id(&self.campaign);
+        let decision = self
+            .gate
+            .reserve(&self.campaign, req.coupon, req.user, request_id)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "gate unreachable");
+                ApiError::unavailable("the stock gate is unreachable; retry shortly")
+            })?;
+        let fresh = match decision {
+            Decision::Reserved => true,
+            // The same request again (same Idempotency-Key): publish the same event again;
+            // the ledger is idempotent on its id.
+            Decision::Replay => false,
+            Decision::AlreadyIssued(request_id) => {
+                return Err(ApiError::AlreadyIssued {
+                    coupon: req.coupon,
+                    request_id,
+                });
+            }
+            Decision::SoldOut => return Err(ApiError::SoldOut(req.coupon)),
+            Decision::NotOpen => return Err(ApiError::NotOpen),
+            Decision::Closed => return Err(ApiError::Closed),
+            Decision::Missing => {
+                tracing::error!(coupon = req.coupon, "gate state missing for a known coupon");
+                return Err(ApiError::unavailable(
+                    "the stock gate lost this coupon's state; it is being rebuilt",
+                ));
+            }
+        };
+        let event = IssuanceEvent::new(request_id, &self.campaign, req.coupon, req.user, Utc::now());
+        let started = Instant::now();
+        let published = self.publisher.publish(&event).await;
+        self.metrics
+            .publish_latency
+            .observe(started.elapsed().as_secs_f64());
+        match published {
+            Ok(_) => Ok(Accepted {
+                request_id,
+                coupon_id: req.coupon,
+                user_id: req.user,
+            }),
+            Err(failure) => Err(self.compensate(&event, fresh, failure).await),
+        }
+    }
+
+    /// The broker did not acknowledge: undo a certain refusal at once, park an unknown one.
+    async fn compensate(&self, e: &IssuanceEvent, fresh: bool, failure: PublishFailure) -> ApiError {
+        self.metrics
+            .publish_failures
+            .with_label_values(&[failure.label()])
+            .inc();
+        tracing::warn!(request_id = %e.request_id, %failure, "publish not acknowledged");
+        // A replayed request may already be in the log from its first attempt: never release it.
+        if fresh && matches!(failure, PublishFailure::Refused(_)) {
+            match self
+                .gate
+                .release(&self.campaign, e.coupon_id, e.user_id, e.request_id)
+                .await
+            {
+                Ok(_) => {
+                    return ApiError::unavailable("the broker refused the request; nothing was reserved, retry shortly");
+                }
+                Err(err) => tracing::error!(error = %err, "release failed; parking for reconciliation"),
+            }
+        }
+        let pending = Pending {
+            request_id: e.request_id,
+            coupon: e.coupon_id,
+            user: e.user_id,
+            at_ms: Utc::now().timestamp_millis(),
+        };
+        if let Err(err) = self.gate.add_pending(&self.campaign, &pending).await {
+            tracing::error!(error = %err, request_id = %e.request_id, "could not park an unknown reservation");
+        }
+        ApiError::Unavailable {
+            reason: "the broker did not confirm in time; retry with the same Idempotency-Key, or check the request id later".into(),
+            request_id: Some(e.request_id),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! `coupon-api`: `POST /api/coupons/{couponId}/issue` answers 202 only after the broker
+//! acknowledged the issuance event. The stages: [`request`] → gate → event ([`issue`]).
+
+pub mod error;
+pub mod issue;
+pub mod metrics;
+pub mod request;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use coupon_core::broker::{PublishTimeouts, Publisher};
+use coupon_core::campaign::{CouponId, topic_name};
+use coupon_core::config::BackendArgs;
+use coupon_core::gate::{RedisGate, StockGate};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::issue::Issuer;
+use crate::metrics::Metrics;
+use crate::request::{IssueRequest, MAX_BODY_BYTES, parse_coupon_id};
+
+/// Shared state of the router.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    issuer: Issuer,
+    /// Coupon id → quantity as provisioned; `None` until read (or when Redis lost it).
+    catalog: RwLock<Option<HashMap<CouponId, i64>>>,
+}
+
+impl AppState {
+    pub fn new(campaign: &str, gate: Arc<dyn StockGate>, publisher: Publisher) -> Self {
+        Self(Arc::new(Inner {
+            issuer: Issuer {
+                campaign: campaign.to_string(),
+                gate,
+                publisher,
+                metrics: Metrics::new(campaign),
+            },
+            catalog: RwLock::new(None),
+        }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.issuer.metrics
+    }
+
+    /// Re-reads the campaign's coupon catalog from the gate.
+    pub async fn refresh_catalog(&self) -> coupon_core::Result<bool> {
+        let issuer = &self.0.issuer;
+        let catalog = issuer.gate.catalog(&issuer.campaign).await?;
+        let found = catalog.is_some();
+        let map = catalog.map(|c| c.into_iter().collect());
+        if let Ok(mut slot) = self.0.catalog.write() {
+            *slot = map;
+        }
+        Ok(found)
+    }
+
+    /// Keeps the catalog fresh so coupons added by provisioning become known without a restart.
+    pub fn spawn_catalog_refresh(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = state.refresh_catalog().await {
+                    tracing::warn!(error = %e, "catalog refresh failed");
+                }
+            }
+        })
+    }
+
+    fn known(&self, coupon: CouponId) -> Result<Option<i64>, ApiError> {
+        let guard = self
+            .0
+            .catalog
+            .read()
+            .map_err(|_| ApiError::unavailable("catalog lock poisoned"))?;
+        match guard.as_ref() {
+            None => Err(ApiError::unavailable(
+                "the campaign's catalog is not in the gate; it is provisioning or being rebuilt",
+            )),
+            Some(map) => Ok(map.get(&coupon).copied()),
+        }
+    }
+}
+
+/// The whole HTTP surface; tests drive it with `oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api/coupons/{coupon_id}/issue", post(issue))
+        .route("/api/coupons/{coupon_id}", get(coupon))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::InvalidRequest {
+                status: StatusCode::NOT_FOUND,
+                message: "no such route; POST /api/coupons/{couponId}/issue".into(),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn issue(
+    State(state): State<AppState>,
+    Path(coupon): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let m = state.metrics();
+    m.in_flight.inc();
+    let started = Instant::now();
+    let result = async {
+        let req = IssueRequest::parse(&coupon, &headers, body)?;
+        if state.known(req.coupon)?.is_none() {
+            return Err(ApiError::UnknownCoupon(req.coupon.to_string()));
+        }
+        state.0.issuer.issue(&req).await
+    }
+    .await;
+    let (outcome, response) = match result {
+        Ok(accepted) => ("accepted", (StatusCode::ACCEPTED, Json(accepted)).into_response()),
+        Err(e) => (e.code(), e.into_response()),
+    };
+    m.requests.with_label_values(&[outcome]).inc();
+    m.latency
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+    m.in_flight.dec();
+    response
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CouponView {
+    coupon_id: CouponId,
+    quantity: i64,
+    remaining: i64,
+}
+
+async fn coupon(
+    State(state): State<AppState>,
+    Path(coupon): Path<String>,
+) -> Result<Json<CouponView>, ApiError> {
+    let id = parse_coupon_id(&coupon)?;
+    if state.known(id)?.is_none() {
+        return Err(ApiError::UnknownCoupon(id.to_string()));
+    }
+    let issuer = &state.0.issuer;
+    match issuer.gate.snapshot(&issuer.campaign, id).await {
+        Ok(Some(s)) => Ok(Json(CouponView {
+            coupon_id: id,
+            quantity: s.quantity,
+            remaining: s.remaining,
+        })),
+        Ok(None) => Err(ApiError::unavailable("the gate lost this coupon's state")),
+        Err(e) => Err(ApiError::unavailable(format!("gate unreachable: {e}"))),
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let issuer = &state.0.issuer;
+    let redis = issuer.gate.ping().await.map_err(|e| format!("redis: {e}"));
+    let kafka = issuer
+        .publisher
+        .check()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("kafka: {e}"));
+    let catalog = state.known(0).map(|_| ()).map_err(|e| e.to_string());
+    match redis.and(kafka).and(catalog) {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => ApiError::unavailable(e).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Everything the API binary is configured with.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub backends: BackendArgs,
+    pub campaign: String,
+    pub topic: Option<String>,
+    pub listen: SocketAddr,
+    pub timeouts: PublishTimeouts,
+}
+
+/// Connects to Redis and Kafka (failing fast with a clear message), then serves.
+pub async fn run(
+    cfg: ApiConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    coupon_core::campaign::validate_name(&cfg.campaign)?;
+    let gate = RedisGate::connect(&cfg.backends.redis_url)
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let topic = cfg.topic.clone().unwrap_or_else(|| topic_name(&cfg.campaign));
+    let publisher = Publisher::new(&cfg.backends.kafka_brokers, &topic, cfg.timeouts)
+        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+    let partitions = publisher.check().await.map_err(|e| {
+        format!("cannot reach Kafka at {} for topic {topic}: {e}", cfg.backends.kafka_brokers)
+    })?;
+    let state = AppState::new(&cfg.campaign, Arc::new(gate), publisher.clone());
+    if !state.refresh_catalog().await.map_err(|e| e.to_string())? {
+        tracing::warn!(campaign = %cfg.campaign, "campaign not provisioned yet; answering 503 until it is");
+    }
+    state.spawn_catalog_refresh(Duration::from_secs(2));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, "coupon-api serving");
+    serve(listener, state, shutdown)
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    publisher.flush(Duration::from_secs(5));
+    tracing::info!("coupon-api stopped");
+    Ok(())
+}
