@@ -64,7 +64,8 @@ impl Issuer {
                 ));
             }
         };
-        let event = IssuanceEvent::new(request_id, &self.campaign, req.coupon, req.user, Utc::now());
+        let event =
+            IssuanceEvent::new(request_id, &self.campaign, req.coupon, req.user, Utc::now());
         let started = Instant::now();
         let published = self.publisher.publish(&event).await;
         self.metrics
@@ -81,7 +82,12 @@ impl Issuer {
     }
 
     /// The broker did not acknowledge: undo a certain refusal at once, park an unknown one.
-    async fn compensate(&self, e: &IssuanceEvent, fresh: bool, failure: PublishFailure) -> ApiError {
+    async fn compensate(
+        &self,
+        e: &IssuanceEvent,
+        fresh: bool,
+        failure: PublishFailure,
+    ) -> ApiError {
         self.metrics
             .publish_failures
             .with_label_values(&[failure.label()])
@@ -95,9 +101,13 @@ impl Issuer {
                 .await
             {
                 Ok(_) => {
-                    return ApiError::unavailable("the broker refused the request; nothing was reserved, retry shortly");
+                    return ApiError::unavailable(
+                        "the broker refused the request; nothing was reserved, retry shortly",
+                    );
                 }
-                Err(err) => tracing::error!(error = %err, "release failed; parking for reconciliation"),
+                Err(err) => {
+                    tracing::error!(error = %err, "release failed; parking for reconciliation")
+                }
             }
         }
         let pending = Pending {

@@ -135,7 +135,10 @@ async fn issue(
     }
     .await;
     let (outcome, response) = match result {
-        Ok(accepted) => ("accepted", (StatusCode::ACCEPTED, Json(accepted)).into_response()),
+        Ok(accepted) => (
+            "accepted",
+            (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        ),
         Err(e) => (e.code(), e.into_response()),
     };
     m.requests.with_label_values(&[outcome]).inc();
@@ -228,11 +231,17 @@ pub async fn run(
     let gate = RedisGate::connect(&cfg.backends.redis_url)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
-    let topic = cfg.topic.clone().unwrap_or_else(|| topic_name(&cfg.campaign));
+    let topic = cfg
+        .topic
+        .clone()
+        .unwrap_or_else(|| topic_name(&cfg.campaign));
     let publisher = Publisher::new(&cfg.backends.kafka_brokers, &topic, cfg.timeouts)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let partitions = publisher.check().await.map_err(|e| {
-        format!("cannot reach Kafka at {} for topic {topic}: {e}", cfg.backends.kafka_brokers)
+        format!(
+            "cannot reach Kafka at {} for topic {topic}: {e}",
+            cfg.backends.kafka_brokers
+        )
     })?;
     let state = AppState::new(&cfg.campaign, Arc::new(gate), publisher.clone());
     if !state.refresh_catalog().await.map_err(|e| e.to_string())? {

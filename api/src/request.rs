@@ -36,7 +36,11 @@ impl IssueRequest {
                 let key = v
                     .to_str()
                     .ok()
-                    .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
+                    .filter(|k| {
+                        !k.is_empty()
+                            && k.len() <= MAX_KEY_LEN
+                            && k.bytes().all(|b| b.is_ascii_graphic())
+                    })
                     .ok_or_else(|| {
                         ApiError::invalid(format!(
                             "Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"
@@ -145,10 +149,15 @@ mod tests {
     fn idempotency_key_fixes_the_request_id() {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", "abc".parse().expect("header"));
-        let a = IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
-        let b = IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
+        let a =
+            IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
+        let b =
+            IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
         assert_eq!(a.request_id("c"), b.request_id("c"));
-        let fresh = IssueRequest { idempotency_key: None, ..a.clone() };
+        let fresh = IssueRequest {
+            idempotency_key: None,
+            ..a.clone()
+        };
         assert_ne!(fresh.request_id("c"), fresh.request_id("c"));
     }
 }

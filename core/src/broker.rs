@@ -110,8 +110,14 @@ impl Publisher {
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set("compression.type", "lz4")
-            .set("message.timeout.ms", timeouts.message.as_millis().to_string())
-            .set("request.timeout.ms", timeouts.request.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                timeouts.message.as_millis().to_string(),
+            )
+            .set(
+                "request.timeout.ms",
+                timeouts.request.as_millis().to_string(),
+            )
             .create()?;
         Ok(Self {
             producer,
@@ -241,9 +247,7 @@ impl TopicAdmin for KafkaAdmin {
             Some(live) => {
                 let grow = NewPartitions::new(topic, partitions as usize);
                 for r in self.admin.create_partitions([&grow], &opts).await? {
-                    r.map_err(|(t, code)| {
-                        Error::Unexpected(format!("growing topic {t}: {code}"))
-                    })?;
+                    r.map_err(|(t, code)| Error::Unexpected(format!("growing topic {t}: {code}")))?;
                 }
                 Ok(TopicChange::Grown {
                     from: live,
@@ -269,52 +273,67 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
-/// Exact lag of `group` on `topic`, per partition, read from the broker.
-pub async fn group_lag(brokers: &str, group: &str, topic: &str) -> Result<Vec<PartitionLag>> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("allow.auto.create.topics", "false")
-        .create()?;
-    let topic = topic.to_string();
-    blocking(move || {
-        let md = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-        let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
-            return Ok(Vec::new());
-        };
-        let mut tpl = TopicPartitionList::new();
-        for p in t.partitions() {
-            tpl.add_partition(&topic, p.id());
-        }
-        let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
-        let mut out = Vec::new();
-        for p in t.partitions() {
-            let (start, end) = consumer.fetch_watermarks(&topic, p.id(), METADATA_TIMEOUT)?;
-            let committed = match committed
-                .find_partition(&topic, p.id())
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => Some(o),
-                _ => None,
-            };
-            let lag = (end - committed.unwrap_or(start).max(start)).max(0);
-            out.push(PartitionLag {
-                partition: p.id(),
-                start,
-                end,
-                committed,
-                lag,
-            });
-        }
-        out.sort_by_key(|p| p.partition);
-        Ok(out)
-    })
-    .await
+/// Reads a group's exact lag from the broker; one client, reused across reads.
+#[derive(Clone)]
+pub struct LagProbe {
+    consumer: std::sync::Arc<BaseConsumer>,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+impl LagProbe {
+    pub fn new(brokers: &str, group: &str) -> Result<Self> {
+        let consumer: BaseConsumer = client_config(brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("allow.auto.create.topics", "false")
+            .create()?;
+        Ok(Self {
+            consumer: std::sync::Arc::new(consumer),
+        })
+    }
+
+    /// Lag per partition of `topic`: end offset − committed offset.
+    pub async fn lag(&self, topic: &str) -> Result<Vec<PartitionLag>> {
+        let consumer = self.consumer.clone();
+        let topic = topic.to_string();
+        blocking(move || {
+            let md = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            let Some(t) = md.topics().first().filter(|t| t.error().is_none()) else {
+                return Ok(Vec::new());
+            };
+            let mut tpl = TopicPartitionList::new();
+            for p in t.partitions() {
+                tpl.add_partition(&topic, p.id());
+            }
+            let committed = consumer.committed_offsets(tpl, METADATA_TIMEOUT)?;
+            let mut out = Vec::new();
+            for p in t.partitions() {
+                let (start, end) = consumer.fetch_watermarks(&topic, p.id(), METADATA_TIMEOUT)?;
+                let committed = match committed.find_partition(&topic, p.id()).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Some(o),
+                    _ => None,
+                };
+                let lag = (end - committed.unwrap_or(start).max(start)).max(0);
+                out.push(PartitionLag {
+                    partition: p.id(),
+                    start,
+                    end,
+                    committed,
+                    lag,
+                });
+            }
+            out.sort_by_key(|p| p.partition);
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// Exact lag of `group` on `topic`, per partition (a one-off [`LagProbe`]).
+pub async fn group_lag(brokers: &str, group: &str, topic: &str) -> Result<Vec<PartitionLag>> {
+    LagProbe::new(brokers, group)?.lag(topic).await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Unexpected(format!("blocking task failed: {e}")))?

@@ -2,7 +2,7 @@
 //! Idempotent; live stock is never reset and a quantity increase adds only the difference.
 
 use crate::broker::{TopicAdmin, TopicChange, group_lag};
-use crate::campaign::{Campaign, CouponId, consumer_group};
+use crate::campaign::{Campaign, CouponId, consumer_group, dead_letter_topic};
 use crate::error::{Error, Result};
 use crate::gate::{Ensured, GateCoupon, StockGate};
 use crate::ledger::{Ledger, RowChange};
@@ -46,6 +46,11 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
         TopicChange::Grown { from, to } => report.partitions_added = to - from,
         TopicChange::Unchanged { .. } => {}
     }
+    // Poison events are rare; one partition keeps their order readable.
+    match to.topics.ensure_topic(&dead_letter_topic(&topic), 1).await {
+        Ok(_) | Err(Error::PartitionDecrease { .. }) => {}
+        Err(e) => return Err(e),
+    }
     for (id, change) in to.ledger.provision(campaign).await? {
         match change {
             RowChange::Created => report.coupons_created += 1,
@@ -62,7 +67,11 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
             starts_ms,
             ends_ms,
         };
-        let exists = to.gate.snapshot(&campaign.name, book.coupon_id).await?.is_some();
+        let exists = to
+            .gate
+            .snapshot(&campaign.name, book.coupon_id)
+            .await?
+            .is_some();
         let holders = if !exists && book.issued > 0 {
             // Redis lost this coupon: rebuild from the ledger, but only once every accepted
             // event is in it, or the gate would hand out stock that is already taken.

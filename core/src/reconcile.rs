@@ -81,7 +81,8 @@ pub async fn reconcile(
         if stored.contains(&p.request_id) {
             report.kept += 1;
         } else {
-            gate.release(campaign, p.coupon, p.user, p.request_id).await?;
+            gate.release(campaign, p.coupon, p.user, p.request_id)
+                .await?;
             report.released += 1;
         }
         gate.remove_pending(campaign, p.request_id).await?;

@@ -34,7 +34,10 @@ impl AcceptedLog {
                 None => (&mut log.accepted, line),
             };
             let id = Uuid::parse_str(id).map_err(|e| {
-                Error::Unexpected(format!("accepted log line {}: {line:?} is not a request id: {e}", n + 1))
+                Error::Unexpected(format!(
+                    "accepted log line {}: {line:?} is not a request id: {e}",
+                    n + 1
+                ))
             })?;
             set.insert(id);
         }
@@ -139,7 +142,10 @@ pub async fn verify(
     }
     let spec: BTreeMap<CouponId, i64> = match &input.spec {
         Some(spec) => spec.clone(),
-        None => books.iter().map(|b| (b.coupon_id, b.total_quantity)).collect(),
+        None => books
+            .iter()
+            .map(|b| (b.coupon_id, b.total_quantity))
+            .collect(),
     };
     let mut coupons = Vec::with_capacity(books.len());
     for b in &books {
@@ -157,7 +163,10 @@ pub async fn verify(
     let lag: i64 = partitions.iter().map(|p| p.lag).sum();
     let mut checks = Vec::new();
 
-    let over: Vec<_> = coupons.iter().filter(|c| c.issued > c.spec_quantity).collect();
+    let over: Vec<_> = coupons
+        .iter()
+        .filter(|c| c.issued > c.spec_quantity)
+        .collect();
     checks.push(Check {
         id: "I1",
         name: "no over-issue",
@@ -182,11 +191,15 @@ pub async fn verify(
         detail: format!("{dups} (user, coupon) pairs with more than one row"),
     });
 
-    let missing_spec: Vec<_> = spec.keys().filter(|id| !books.iter().any(|b| b.coupon_id == **id)).collect();
+    let missing_spec: Vec<_> = spec
+        .keys()
+        .filter(|id| !books.iter().any(|b| b.coupon_id == **id))
+        .collect();
     let disagree: Vec<_> = coupons
         .iter()
         .filter(|c| {
-            c.spec_quantity - c.issued != c.db_remaining || c.redis_remaining != Some(c.db_remaining)
+            c.spec_quantity - c.issued != c.db_remaining
+                || c.redis_remaining != Some(c.db_remaining)
         })
         .collect();
     checks.push(Check {
@@ -281,7 +294,10 @@ pub async fn verify(
         id: "I6",
         name: "lag exact and drained",
         status: pass_if(lag == 0 && !partitions.is_empty()),
-        detail: format!("end - committed: {} (total {lag})", per_partition.join(", ")),
+        detail: format!(
+            "end - committed: {} (total {lag})",
+            per_partition.join(", ")
+        ),
     });
 
     Ok(VerifyReport {
