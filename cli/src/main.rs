@@ -110,7 +110,11 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                     campaign.name,
                     report.topic,
                     report.partitions,
-                    if report.topic_created { ", created" } else { "" },
+                    if report.topic_created {
+                        ", created"
+                    } else {
+                        ""
+                    },
                     report.coupons_created,
                     report.coupons_grown.len(),
                     report.gates_rebuilt.len(),

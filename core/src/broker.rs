@@ -246,7 +246,15 @@ impl TopicAdmin for KafkaAdmin {
             }),
             Some(live) => {
                 let grow = NewPartitions::new(topic, partitions as usize);
-                for r in self.admin.create_partitions([&grow], &opts).await? {
+                let results = match self.admin.create_partitions([&grow], &opts).await {
+                    Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature)) => {
+                        return Err(Error::BrokerUnsupported(format!(
+                            "grow topic {topic} from {live} to {partitions} partitions (no CreatePartitions)"
+                        )));
+                    }
+                    other => other?,
+                };
+                for r in results {
                     r.map_err(|(t, code)| Error::Unexpected(format!("growing topic {t}: {code}")))?;
                 }
                 Ok(TopicChange::Grown {

@@ -39,6 +39,8 @@ pub enum Error {
          wait for the consumers to drain the topic, then provision again"
     )]
     GateRebuildNeedsDrain { coupon: CouponId, lag: i64 },
+    #[error("the broker cannot {0}; do it with the broker's own tools, then provision again")]
+    BrokerUnsupported(String),
     #[error("campaign {0:?} is not provisioned (no coupons in the ledger)")]
     NotProvisioned(String),
     #[error("{0}")]
@@ -59,6 +61,7 @@ impl Error {
             Self::PartitionDecrease { .. } => "partition_decrease",
             Self::QuantityDecrease { .. } => "quantity_decrease",
             Self::GateRebuildNeedsDrain { .. } => "gate_rebuild_needs_drain",
+            Self::BrokerUnsupported(_) => "broker_unsupported",
             Self::NotProvisioned(_) => "not_provisioned",
             Self::Unexpected(_) => "unexpected",
         }

@@ -105,13 +105,26 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Applies the embedded migrations. Several processes starting at once on a fresh MySQL
+    /// database can race on sqlx's bookkeeping table; the loser simply tries again.
     pub async fn migrate(&self) -> Result<()> {
-        match self {
-            Self::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await?,
-            Self::MySql(p) => sqlx::migrate!("./migrations/mysql").run(p).await?,
-            Self::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await?,
+        let mut attempt = 0;
+        loop {
+            let result = match self {
+                Self::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+                Self::MySql(p) => sqlx::migrate!("./migrations/mysql").run(p).await,
+                Self::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "migration raced; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(())
     }
 
     pub fn backend(&self) -> &'static str {

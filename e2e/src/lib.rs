@@ -1,0 +1,362 @@
+//! Test kit: the real API and consumer code wired to real backends, one isolated campaign per
+//! test (every key, row and topic carries the campaign name, so tests share the services).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use coupon_api::AppState;
+use coupon_consumer::{ConsumerConfig, Worker};
+use coupon_core::broker::{
+    KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, TopicChange, group_lag, partition_count,
+};
+use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
+use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
+use coupon_core::ledger::Ledger;
+use coupon_core::provision::{Backends, ProvisionReport, provision};
+use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn kafka_brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/coupons".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/coupons".into())
+}
+
+/// A campaign name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..10])
+}
+
+/// A campaign of `(ids, quantity)` groups.
+pub fn campaign(name: &str, groups: &[(&str, i64)], partitions: i32) -> Campaign {
+    let spec = CampaignSpec {
+        coupons: groups
+            .iter()
+            .map(|(ids, quantity)| CouponGroup {
+                ids: ids.parse().expect("valid ids"),
+                name: "test coupon {id}".into(),
+                discount: 1000,
+                quantity: *quantity,
+            })
+            .collect(),
+        starts_at: None,
+        ends_at: None,
+        topic: TopicSpec {
+            partitions,
+            name: None,
+        },
+    };
+    Campaign::new(name.to_string(), spec).expect("valid campaign")
+}
+
+/// Topics created beforehand (librdkafka's mock cluster has no CreateTopics): checks only.
+pub struct ExistingTopics(pub String);
+
+#[async_trait]
+impl TopicAdmin for ExistingTopics {
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> coupon_core::Result<TopicChange> {
+        match partition_count(&self.0, topic).await? {
+            Some(p) => Ok(TopicChange::Unchanged {
+                partitions: p.max(partitions),
+            }),
+            None => Err(coupon_core::Error::Unexpected(format!(
+                "topic {topic} missing"
+            ))),
+        }
+    }
+}
+
+/// The real API (as a router) and the real consumer (as a task) for one campaign.
+pub struct Stack {
+    pub campaign: Campaign,
+    pub brokers: String,
+    pub gate: Arc<RedisGate>,
+    pub ledger: Ledger,
+    pub state: AppState,
+    pub app: Router,
+    pub provisioned: ProvisionReport,
+    stop: CancellationToken,
+    consumer: Option<tokio::task::JoinHandle<()>>,
+    consumer_cfg: ConsumerConfig,
+}
+
+pub struct StackOptions {
+    pub timeouts: PublishTimeouts,
+    pub start_consumer: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            timeouts: PublishTimeouts::default(),
+            start_consumer: true,
+        }
+    }
+}
+
+impl Stack {
+    /// Provisions on the real broker (admin API) and starts everything.
+    pub async fn start(database_url: &str, campaign: Campaign) -> Self {
+        let brokers = kafka_brokers();
+        let admin = KafkaAdmin::new(&brokers).expect("admin client");
+        Self::start_with(
+            database_url,
+            &brokers,
+            &admin,
+            campaign,
+            StackOptions::default(),
+        )
+        .await
+    }
+
+    /// Provisions and builds the API, without a consumer.
+    pub async fn start_idle(database_url: &str, campaign: Campaign) -> Self {
+        let brokers = kafka_brokers();
+        let admin = KafkaAdmin::new(&brokers).expect("admin client");
+        let opts = StackOptions {
+            start_consumer: false,
+            ..StackOptions::default()
+        };
+        Self::start_with(database_url, &brokers, &admin, campaign, opts).await
+    }
+
+    pub async fn start_with(
+        database_url: &str,
+        brokers: &str,
+        topics: &dyn TopicAdmin,
+        campaign: Campaign,
+        opts: StackOptions,
+    ) -> Self {
+        let gate = Arc::new(RedisGate::connect(&redis_url()).await.expect("redis"));
+        let ledger = Ledger::connect(database_url, 8).await.expect("ledger");
+        let provisioned = provision(
+            &campaign,
+            &Backends {
+                gate: gate.as_ref(),
+                ledger: &ledger,
+                topics,
+                brokers,
+            },
+        )
+        .await
+        .expect("provision");
+        let publisher =
+            Publisher::new(brokers, &campaign.topic(), opts.timeouts).expect("producer");
+        let state = AppState::new(&campaign.name, gate.clone(), publisher);
+        assert!(
+            state.refresh_catalog().await.expect("catalog"),
+            "catalog written"
+        );
+        let consumer_cfg = ConsumerConfig {
+            lag_every: Duration::from_millis(200),
+            ..ConsumerConfig::new(brokers, &campaign.name)
+        };
+        let mut stack = Self {
+            app: coupon_api::app(state.clone()),
+            state,
+            campaign,
+            brokers: brokers.to_string(),
+            gate,
+            ledger,
+            provisioned,
+            stop: CancellationToken::new(),
+            consumer: None,
+            consumer_cfg,
+        };
+        if opts.start_consumer {
+            stack.start_consumer(stack.ledger.clone());
+        }
+        stack
+    }
+
+    /// Starts the consumer writing through `ledger` (tests pass a ledger behind a proxy).
+    pub fn start_consumer(&mut self, ledger: Ledger) {
+        self.stop = CancellationToken::new();
+        let worker =
+            Worker::new(self.consumer_cfg.clone(), ledger, self.stop.clone()).expect("consumer");
+        self.consumer = Some(tokio::spawn(async move {
+            worker.run().await.expect("consumer run");
+        }));
+    }
+
+    pub async fn stop_consumer(&mut self) {
+        self.stop.cancel();
+        if let Some(h) = self.consumer.take() {
+            let _ = h.await;
+        }
+    }
+
+    /// `POST /api/coupons/{coupon}/issue` with a raw body.
+    pub async fn post(
+        &self,
+        coupon: &str,
+        body: &str,
+        key: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::post(format!("/api/coupons/{coupon}/issue"))
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    pub async fn issue(&self, coupon: u32, user: u64) -> (StatusCode, serde_json::Value) {
+        self.post(
+            &coupon.to_string(),
+            &format!(r#"{{"userId":{user}}}"#),
+            None,
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let resp = self
+            .app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Total lag of the campaign's consumer group.
+    pub async fn lag(&self) -> i64 {
+        group_lag(
+            &self.brokers,
+            &consumer_group(&self.campaign.name),
+            &self.campaign.topic(),
+        )
+        .await
+        .expect("lag")
+        .iter()
+        .map(|l| l.lag)
+        .sum()
+    }
+
+    /// Waits until the consumers committed everything; panics after `within`.
+    pub async fn drain(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let lag = self.lag().await;
+            if lag == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lag still {lag} after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn verify(&self, accepted: Option<&AcceptedLog>) -> VerifyReport {
+        self.verify_spec(&self.campaign, accepted).await
+    }
+
+    /// Verifies against another version of the spec (after reprovisioning).
+    pub async fn verify_against(&self, spec: &Campaign) -> VerifyReport {
+        self.verify_spec(spec, None).await
+    }
+
+    async fn verify_spec(&self, spec: &Campaign, accepted: Option<&AcceptedLog>) -> VerifyReport {
+        verify(
+            &VerifyInput {
+                campaign: &self.campaign.name,
+                topic: &self.campaign.topic(),
+                brokers: &self.brokers,
+                spec: Some(spec.coupons().iter().map(|c| (c.id, c.quantity)).collect()),
+                accepted,
+            },
+            self.gate.as_ref(),
+            &self.ledger,
+        )
+        .await
+        .expect("verify")
+    }
+
+    pub async fn remaining(&self, coupon: u32) -> i64 {
+        self.gate_snapshot(coupon).await.remaining
+    }
+
+    pub async fn gate_snapshot(&self, coupon: u32) -> GateSnapshot {
+        self.gate
+            .snapshot(&self.campaign.name, coupon)
+            .await
+            .expect("snapshot")
+            .expect("coupon provisioned")
+    }
+
+    /// Provisions another version of the campaign on the real broker.
+    pub async fn reprovision(&self, campaign: &Campaign) -> coupon_core::Result<ProvisionReport> {
+        let admin = KafkaAdmin::new(&self.brokers)?;
+        provision(
+            campaign,
+            &Backends {
+                gate: self.gate.as_ref(),
+                ledger: &self.ledger,
+                topics: &admin,
+                brokers: &self.brokers,
+            },
+        )
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_consumer().await;
+    }
+}
+
+/// Asserts every invariant passed, printing the report otherwise.
+pub fn assert_green(report: &VerifyReport) {
+    assert!(report.passed(), "invariants failed:\n{}", report.render());
+}
+
+/// Request id of a 202 answer.
+pub fn request_id(body: &serde_json::Value) -> uuid::Uuid {
+    body["requestId"]
+        .as_str()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .unwrap_or_else(|| panic!("no request id in {body}"))
+}
+
+/// Asserts the status and the JSON `code` of a refusal.
+pub fn assert_refused(answer: &(StatusCode, serde_json::Value), status: StatusCode, code: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["code"], code, "{}", answer.1);
+    assert!(
+        answer.1["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        answer.1
+    );
+}
