@@ -101,9 +101,9 @@ impl Issuer {
                 .await
             {
                 Ok(_) => {
-                    return ApiError::unavailable(
-                        "the broker refused the request; nothing was reserved, retry shortly",
-                    );
+                    return ApiError::unavailable(format!(
+                        "the broker refused the request ({failure}); nothing was reserved, retry shortly"
+                    ));
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "release failed; parking for reconciliation")
