@@ -55,14 +55,14 @@ impl ClientContext for ConsumerContext {}
 
 impl rdkafka::consumer::ConsumerContext for ConsumerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            if tpl.count() > 0 {
-                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                    // Nothing stored since the last commit is the usual reason.
-                    tracing::debug!(error = %e, "commit on revoke");
-                }
-                tracing::info!(partitions = tpl.count(), "partitions revoked");
+        if let Rebalance::Revoke(tpl) = rebalance
+            && tpl.count() > 0
+        {
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last commit is the usual reason.
+                tracing::debug!(error = %e, "commit on revoke");
             }
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
         }
     }
 

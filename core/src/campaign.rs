@@ -345,12 +345,12 @@ fn validate_spec(spec: &CampaignSpec) -> Vec<String> {
             ));
         }
     }
-    if let (Some(s), Some(e)) = (spec.starts_at, spec.ends_at) {
-        if e <= s {
-            problems.push(format!(
-                "spec.endsAt ({e}) must be after spec.startsAt ({s})"
-            ));
-        }
+    if let (Some(s), Some(e)) = (spec.starts_at, spec.ends_at)
+        && e <= s
+    {
+        problems.push(format!(
+            "spec.endsAt ({e}) must be after spec.startsAt ({s})"
+        ));
     }
     if !(1..=1000).contains(&spec.topic.partitions) {
         problems.push(format!(

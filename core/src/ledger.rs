@@ -163,14 +163,14 @@ impl Ledger {
             .collect();
         let coupons = campaign.coupons();
         for c in &coupons {
-            if let Some(&q) = live.get(&c.id) {
-                if c.quantity < q {
-                    return Err(Error::QuantityDecrease {
-                        coupon: c.id,
-                        live: q,
-                        wanted: c.quantity,
-                    });
-                }
+            if let Some(&q) = live.get(&c.id)
+                && c.quantity < q
+            {
+                return Err(Error::QuantityDecrease {
+                    coupon: c.id,
+                    live: q,
+                    wanted: c.quantity,
+                });
             }
         }
         let mut changes = Vec::with_capacity(coupons.len());
