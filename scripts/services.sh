@@ -27,12 +27,14 @@ die() { log "ERROR: $*"; exit 1; }
 
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 
-# wait_port NAME PORT [LOGFILE]
+# wait_port NAME PORT [LOGFILE [PID]]  (gives up early if PID exits)
 wait_port() {
-    local name=$1 port=$2 logfile=${3:-} deadline=$((SECONDS + TIMEOUT))
+    local name=$1 port=$2 logfile=${3:-} pid=${4:-} deadline=$((SECONDS + TIMEOUT))
     until port_open "$port"; do
-        if ((SECONDS >= deadline)); then
-            log "$name did not answer on $HOST:$port within ${TIMEOUT}s"
+        local dead=
+        [[ -z $pid ]] || kill -0 "$pid" 2>/dev/null || dead=1
+        if [[ -n $dead ]] || ((SECONDS >= deadline)); then
+            if [[ -n $dead ]]; then log "$name (pid $pid) exited"; else log "$name did not answer on $HOST:$port within ${TIMEOUT}s"; fi
             if [[ -n $logfile && -r $logfile ]]; then
                 log "last lines of $logfile:"
                 tail -n 40 "$logfile" >&2
@@ -49,7 +51,7 @@ start_redis() {
     command -v redis-server >/dev/null || die "redis-server not found"
     log "starting redis"
     redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PORT" --save "" --appendonly no \
-        --dir "$STATE" --logfile "$STATE/redis.log" >&2
+        --dir "$STATE" --logfile "$STATE/redis.log" >&2 9>&-
     wait_port redis "$REDIS_PORT" "$STATE/redis.log"
 }
 
@@ -61,7 +63,7 @@ start_postgres() {
         [[ -n $cluster ]] || die "no PostgreSQL cluster configured on port $PG_PORT"
         log "starting postgresql cluster $cluster"
         # shellcheck disable=SC2086
-        pg_ctlcluster --skip-systemctl-redirect $cluster start >&2 || true
+        pg_ctlcluster --skip-systemctl-redirect $cluster start >&2 9>&- || true
         wait_port postgresql "$PG_PORT" "$(pg_lsclusters --no-header | awk -v p="$PG_PORT" '$3 == p { print $7; exit }')"
     fi
     local pg=(psql -h "$HOST" -p "$PG_PORT" -U "${PGUSER:-postgres}" -d postgres -v ON_ERROR_STOP=1 -qAt)
@@ -88,9 +90,9 @@ start_mariadb() {
             [[ -z $sockpath ]] || { mkdir -p "$(dirname "$sockpath")"; chown mysql: "$(dirname "$sockpath")"; }
         fi
         if command -v start-stop-daemon >/dev/null; then
-            start-stop-daemon --start --oknodo --background --exec "$bin" >&2
+            start-stop-daemon --start --oknodo --background --exec "$bin" >&2 9>&-
         else
-            setsid nohup "$bin" >>"$STATE/mariadb.log" 2>&1 </dev/null &
+            setsid nohup "$bin" >>"$STATE/mariadb.log" 2>&1 </dev/null 9>&- &
         fi
         wait_port mariadb "$MYSQL_PORT" "$STATE/mariadb.log"
     fi
@@ -143,17 +145,19 @@ start_tansu() {
                 --listener-url "tcp://$HOST:$KAFKA_PORT" \
                 --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
                 --storage-engine "sqlite://tansu.db" \
-                >>"$STATE/tansu.log" 2>&1 </dev/null &
+                >>"$STATE/tansu.log" 2>&1 </dev/null 9>&- &
             echo $! >"$STATE/tansu.pid"
         )
     fi
-    wait_port tansu "$KAFKA_PORT" "$STATE/tansu.log"
+    wait_port tansu "$KAFKA_PORT" "$STATE/tansu.log" "$(<"$STATE/tansu.pid")"
 }
 
 cmd_up() {
     mkdir -p "$STATE"
-    exec 9>"$STATE/lock"
-    flock -w "$((TIMEOUT * 10))" 9 || die "could not lock $STATE/lock"
+    # serialise concurrent `up`s; every process started below gets `9>&-` so that
+    # long-lived services do not inherit (and hold) this lock
+    exec 9>"$STATE/up.lock"
+    flock -w 1800 9 || die "could not lock $STATE/up.lock"
 
     [[ -n ${REDIS_URL:-} ]] || { start_redis; REDIS_URL="redis://$HOST:$REDIS_PORT"; }
     [[ -n ${DATABASE_URL:-} ]] || start_postgres
@@ -168,6 +172,9 @@ cmd_up() {
 
 cmd_down() {
     local pid
+    mkdir -p "$STATE"
+    exec 9>"$STATE/up.lock"
+    flock -w 1800 9 || die "could not lock $STATE/up.lock"
     if pid=$(tansu_pid); then
         log "stopping tansu (pid $pid)"
         kill "$pid"
