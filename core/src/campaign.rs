@@ -384,7 +384,8 @@ mod tests {
         let c = Campaign::from_yaml(SEED).expect("seed campaign parses");
         let coupons = c.coupons();
         assert_eq!(coupons.len(), 100);
-        assert_eq!(c.total_quantity(), 109_000);
+        // The seed report says "109,000 in all", but its own tiers sum to 20 × 8,600 = 172,000.
+        assert_eq!(c.total_quantity(), 172_000);
         assert_eq!(c.spec.topic.partitions, 3);
         let tier = |id: u32| {
             let c = &coupons[(id - 1) as usize];
