@@ -41,6 +41,7 @@ impl Issuer {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "gate unreachable");
+                self.undo_unanswered(req, request_id);
                 ApiError::unavailable("the stock gate is unreachable; retry shortly")
             })?;
         let fresh = match decision {
@@ -79,6 +80,28 @@ impl Issuer {
             }),
             Err(failure) => Err(self.compensate(&event, fresh, failure).await),
         }
+    }
+
+    /// The script may have run although its answer was lost. Nothing was published for this
+    /// request id, so a reservation under it is released (idempotently) once Redis answers again.
+    fn undo_unanswered(&self, req: &IssueRequest, request_id: Uuid) {
+        if req.idempotency_key.is_some() {
+            // The client's retry with the same key replays and publishes this very reservation.
+            return;
+        }
+        let gate = self.gate.clone();
+        let (campaign, coupon, user) = (self.campaign.clone(), req.coupon, req.user);
+        tokio::spawn(async move {
+            let mut backoff = std::time::Duration::from_millis(100);
+            for _ in 0..12 {
+                match gate.release(&campaign, coupon, user, request_id).await {
+                    Ok(_) => return,
+                    Err(_) => tokio::time::sleep(backoff).await,
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            tracing::error!(%request_id, coupon, user, "could not undo an unanswered reservation");
+        });
     }
 
     /// The broker did not acknowledge: undo a certain refusal at once, park an unknown one.

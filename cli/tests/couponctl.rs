@@ -8,7 +8,10 @@ fn couponctl(args: &[&str]) -> Output {
         .args(args)
         .env("REDIS_URL", env_or("REDIS_URL", "redis://127.0.0.1:6379"))
         .env("KAFKA_BROKERS", env_or("KAFKA_BROKERS", "127.0.0.1:9092"))
-        .env("DATABASE_URL", env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/coupons"))
+        .env(
+            "DATABASE_URL",
+            env_or("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/coupons"),
+        )
         .output()
         .expect("couponctl runs")
 }
@@ -43,7 +46,11 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
 
     let out = couponctl(&["provision", "-f", path]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 coupons created"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("3 coupons created"),
+        "{}",
+        text(&out)
+    );
     // Idempotent.
     let out = couponctl(&["provision", "-f", path, "--json"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -52,7 +59,11 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
 
     let out = couponctl(&["verify", "--campaign", &name, "--wait-drain", "5"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("I5"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("I5"),
+        "{}",
+        text(&out)
+    );
 
     // Break the books behind the system's back: the ledger's stock no longer agrees.
     let ledger_fix = std::process::Command::new("psql")
@@ -72,11 +83,29 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
         .and_then(|c| c.iter().find(|c| c["id"] == "I3"))
         .expect("I3 reported");
     assert_eq!(i3["status"], "fail", "{i3}");
-    assert!(i3["detail"].as_str().unwrap_or_default().contains("coupon 2"), "{i3}");
+    assert!(
+        i3["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("coupon 2"),
+        "{i3}"
+    );
 
-    let out = couponctl(&["reconcile", "--campaign", &name, "--min-age", "0", "--wait-drain", "5"]);
+    let out = couponctl(&[
+        "reconcile",
+        "--campaign",
+        &name,
+        "--min-age",
+        "0",
+        "--wait-drain",
+        "5",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 pending"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("0 pending"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -91,11 +120,25 @@ fn bad_manifests_and_unprovisioned_campaigns_get_clear_errors() {
     .expect("write");
     let out = couponctl(&["provision", "-f", bad.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("quantity must be positive"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("quantity must be positive"),
+        "{}",
+        text(&out)
+    );
 
-    let out = couponctl(&["verify", "--campaign", "never-provisioned-campaign", "--wait-drain", "0"]);
+    let out = couponctl(&[
+        "verify",
+        "--campaign",
+        "never-provisioned-campaign",
+        "--wait-drain",
+        "0",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not provisioned"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not provisioned"),
+        "{}",
+        text(&out)
+    );
 }
 
 fn uuid_like() -> String {

@@ -135,9 +135,14 @@ pub struct RedisGate {
 impl RedisGate {
     pub async fn connect(url: &str) -> Result<Self> {
         let client = redis::Client::open(url)?;
+        // A hung Redis must not hang requests: every command answers within 2 s or fails.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(2);
         let conn = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            client.get_connection_manager(),
+            client.get_connection_manager_with_config(config),
         )
         .await
         .map_err(|_| {

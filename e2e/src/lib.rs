@@ -188,6 +188,20 @@ impl Stack {
         stack
     }
 
+    /// Rebuilds the API on a gate reached through `redis_url` (tests pass a proxy).
+    pub async fn route_gate_through(&mut self, redis_url: &str, timeouts: PublishTimeouts) {
+        let gate = Arc::new(
+            RedisGate::connect(redis_url)
+                .await
+                .expect("redis via proxy"),
+        );
+        let publisher =
+            Publisher::new(&self.brokers, &self.campaign.topic(), timeouts).expect("producer");
+        self.state = AppState::new(&self.campaign.name, gate, publisher);
+        assert!(self.state.refresh_catalog().await.expect("catalog"));
+        self.app = coupon_api::app(self.state.clone());
+    }
+
     /// Starts the consumer writing through `ledger` (tests pass a ledger behind a proxy).
     pub fn start_consumer(&mut self, ledger: Ledger) {
         self.stop = CancellationToken::new();

@@ -366,3 +366,53 @@ async fn lost_gate_refuses_then_rebuilds_from_the_ledger() {
     assert_green(&stack.verify(None).await);
     stack.shutdown().await;
 }
+
+/// Redis goes away: the API answers 503 at once (no hang, nothing issued from an empty gate) and
+/// serves again when it is back; the books still balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_answers_unavailable_and_recovers() {
+    let mut stack = Stack::start(
+        &coupon_e2e::postgres_url(),
+        campaign(&unique("redisdown"), &[("1", 5)], 1),
+    )
+    .await;
+    let proxy = Proxy::start(&host_port(&coupon_e2e::redis_url())).await;
+    stack
+        .route_gate_through(
+            &proxy.url_for(&coupon_e2e::redis_url()),
+            PublishTimeouts::default(),
+        )
+        .await;
+    let mut log = AcceptedLog::default();
+    let ok = stack.issue(1, 1).await;
+    assert_eq!(ok.0, StatusCode::ACCEPTED, "{}", ok.1);
+    log.accepted.insert(request_id(&ok.1));
+    proxy.cut();
+    let started = std::time::Instant::now();
+    assert_refused(
+        &stack.issue(1, 2).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    proxy.restore();
+    let mut again = stack.issue(1, 2).await;
+    for _ in 0..40 {
+        if again.0 == StatusCode::ACCEPTED {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        again = stack.issue(1, 2).await;
+    }
+    assert_eq!(again.0, StatusCode::ACCEPTED, "{}", again.1);
+    log.accepted.insert(request_id(&again.1));
+    stack.drain(DRAIN).await;
+    let report = stack.verify(Some(&log)).await;
+    assert_green(&report);
+    assert_eq!(report.total_issued(), 2);
+    stack.shutdown().await;
+}
