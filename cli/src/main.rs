@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use coupon_core::broker::{KafkaAdmin, group_lag};
+use coupon_core::broker::{KafkaAdmin, wait_drained};
 use coupon_core::campaign::{Campaign, consumer_group, topic_name};
 use coupon_core::config::{BackendArgs, LogFormat, init_logging};
 use coupon_core::gate::{RedisGate, StockGate};
@@ -149,7 +149,13 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             let gate = RedisGate::connect(&b.redis_url).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let topic = topic_name(&campaign);
-            wait_for_drain(&b.kafka_brokers, &campaign, &topic, wait_drain).await?;
+            wait_drained(
+                &b.kafka_brokers,
+                &consumer_group(&campaign),
+                &topic,
+                Duration::from_secs(wait_drain),
+            )
+            .await?;
             let report = verify(
                 &VerifyInput {
                     campaign: &campaign,
@@ -215,26 +221,6 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 ExitCode::SUCCESS
             })
         }
-    }
-}
-
-async fn wait_for_drain(
-    brokers: &str,
-    campaign: &str,
-    topic: &str,
-    seconds: u64,
-) -> Result<(), coupon_core::Error> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    loop {
-        let lag: i64 = group_lag(brokers, &consumer_group(campaign), topic)
-            .await?
-            .iter()
-            .map(|l| l.lag)
-            .sum();
-        if lag == 0 || tokio::time::Instant::now() >= deadline {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

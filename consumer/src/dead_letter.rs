@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use coupon_core::broker::client_config;
+use coupon_core::broker::{PublishTimeouts, idempotent_producer};
 use coupon_core::event::PoisonReason;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -15,11 +15,11 @@ pub struct DeadLetters {
 
 impl DeadLetters {
     pub fn new(brokers: &str, topic: &str) -> coupon_core::Result<Self> {
-        let producer = client_config(brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "10000")
-            .create()?;
+        let timeouts = PublishTimeouts {
+            message: Duration::from_secs(10),
+            request: Duration::from_secs(8),
+        };
+        let producer = idempotent_producer(brokers, timeouts).create()?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

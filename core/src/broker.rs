@@ -26,6 +26,22 @@ pub fn client_config(brokers: &str) -> ClientConfig {
     cfg
 }
 
+/// A producer that writes each record exactly once and is acknowledged by every in-sync replica.
+pub fn idempotent_producer(brokers: &str, timeouts: PublishTimeouts) -> ClientConfig {
+    let mut cfg = client_config(brokers);
+    cfg.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set(
+            "message.timeout.ms",
+            timeouts.message.as_millis().to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            timeouts.request.as_millis().to_string(),
+        );
+    cfg
+}
+
 /// How long the API waits for the broker's acknowledgement before it answers "unknown".
 #[derive(Debug, Clone, Copy)]
 pub struct PublishTimeouts {
@@ -103,21 +119,11 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(brokers: &str, topic: &str, timeouts: PublishTimeouts) -> Result<Self> {
-        let producer: FutureProducer = client_config(brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
+        let producer: FutureProducer = idempotent_producer(brokers, timeouts)
             .set("linger.ms", "1")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set("compression.type", "lz4")
-            .set(
-                "message.timeout.ms",
-                timeouts.message.as_millis().to_string(),
-            )
-            .set(
-                "request.timeout.ms",
-                timeouts.request.as_millis().to_string(),
-            )
             .create()?;
         Ok(Self {
             producer,
@@ -361,4 +367,22 @@ pub fn drained_past(lags: &[PartitionLag], ends: &[(i32, i64)]) -> bool {
                 .find(|l| l.partition == *partition)
                 .is_some_and(|l| l.committed.unwrap_or(l.start).max(l.start) >= *end)
     })
+}
+
+/// Waits until `group` has committed everything on `topic`; the lag left when `within` ran out.
+pub async fn wait_drained(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    within: Duration,
+) -> Result<i64> {
+    let probe = LagProbe::new(brokers, group)?;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let lag: i64 = probe.lag(topic).await?.iter().map(|l| l.lag).sum();
+        if lag == 0 || tokio::time::Instant::now() >= deadline {
+            return Ok(lag);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -164,6 +164,25 @@ impl RedisGate {
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
+
+    /// Runs a script over one coupon's hash and holders with (user, request id).
+    async fn run_on_holder<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        Ok(script
+            .key(coupon_key(campaign, coupon))
+            .key(holders_key(campaign, coupon))
+            .arg(user)
+            .arg(request_id.to_string())
+            .invoke_async(&mut conn)
+            .await?)
+    }
 }
 
 /// A URL with its password replaced, for logs.
@@ -191,14 +210,8 @@ impl StockGate for RedisGate {
         user: UserId,
         request_id: Uuid,
     ) -> Result<Decision> {
-        let mut conn = self.conn.clone();
         let reply: Vec<String> = self
-            .reserve
-            .key(coupon_key(campaign, coupon))
-            .key(holders_key(campaign, coupon))
-            .arg(user)
-            .arg(request_id.to_string())
-            .invoke_async(&mut conn)
+            .run_on_holder(&self.reserve, campaign, coupon, user, request_id)
             .await?;
         Ok(match reply.first().map(String::as_str) {
             Some("reserved") => Decision::Reserved,
@@ -223,14 +236,8 @@ impl StockGate for RedisGate {
         user: UserId,
         request_id: Uuid,
     ) -> Result<bool> {
-        let mut conn = self.conn.clone();
         let released: i64 = self
-            .release
-            .key(coupon_key(campaign, coupon))
-            .key(holders_key(campaign, coupon))
-            .arg(user)
-            .arg(request_id.to_string())
-            .invoke_async(&mut conn)
+            .run_on_holder(&self.release, campaign, coupon, user, request_id)
             .await?;
         Ok(released == 1)
     }

@@ -12,6 +12,7 @@ use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
 use coupon_core::broker::{
     KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, TopicChange, group_lag, partition_count,
+    wait_drained,
 };
 use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
 use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
@@ -280,18 +281,11 @@ impl Stack {
 
     /// Waits until the consumers committed everything; panics after `within`.
     pub async fn drain(&self, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let lag = self.lag().await;
-            if lag == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "lag still {lag} after {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let group = consumer_group(&self.campaign.name);
+        let lag = wait_drained(&self.brokers, &group, &self.campaign.topic(), within)
+            .await
+            .expect("lag");
+        assert_eq!(lag, 0, "lag still {lag} after {within:?}");
     }
 
     pub async fn verify(&self, accepted: Option<&AcceptedLog>) -> VerifyReport {
