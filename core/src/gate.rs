@@ -376,3 +376,229 @@ impl StockGate for RedisGate {
         Ok(())
     }
 }
+
+/// The gate held in process, for the embedded mode: the same decisions as the Redis scripts,
+/// under one lock (the scripts are atomic the same way).
+#[derive(Default)]
+pub struct MemoryGate {
+    state: std::sync::Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    coupons: std::collections::HashMap<(String, CouponId), MemoryCoupon>,
+    catalogs: std::collections::HashMap<String, Vec<(CouponId, i64)>>,
+    pending: std::collections::HashMap<String, std::collections::BTreeMap<Uuid, Pending>>,
+}
+
+#[derive(Default)]
+struct MemoryCoupon {
+    quantity: i64,
+    stock: i64,
+    starts_ms: i64,
+    ends_ms: i64,
+    refused_sold_out: i64,
+    holders: std::collections::HashMap<UserId, Uuid>,
+}
+
+impl MemoryGate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut MemoryState) -> T) -> Result<T> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| Error::Unexpected("memory gate lock poisoned".into()))?;
+        Ok(f(&mut guard))
+    }
+
+    /// Forgets one coupon, as a Redis restart without persistence would.
+    pub fn forget(&self, campaign: &str, coupon: CouponId) -> Result<()> {
+        self.with(|s| {
+            s.coupons.remove(&(campaign.to_string(), coupon));
+        })
+    }
+
+    /// The reservation decision at `now_ms`; the Redis script reads the time from Redis.
+    pub fn reserve_at(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+        now_ms: i64,
+    ) -> Result<Decision> {
+        self.with(|s| {
+            let Some(c) = s.coupons.get_mut(&(campaign.to_string(), coupon)) else {
+                return Decision::Missing;
+            };
+            if c.starts_ms > 0 && now_ms < c.starts_ms {
+                return Decision::NotOpen;
+            }
+            if c.ends_ms > 0 && now_ms >= c.ends_ms {
+                return Decision::Closed;
+            }
+            if let Some(holder) = c.holders.get(&user) {
+                return if *holder == request_id {
+                    Decision::Replay
+                } else {
+                    Decision::AlreadyIssued(*holder)
+                };
+            }
+            if c.stock <= 0 {
+                c.refused_sold_out += 1;
+                return Decision::SoldOut;
+            }
+            c.stock -= 1;
+            c.holders.insert(user, request_id);
+            Decision::Reserved
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[async_trait]
+impl StockGate for MemoryGate {
+    async fn reserve(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+    ) -> Result<Decision> {
+        self.reserve_at(campaign, coupon, user, request_id, now_ms())
+    }
+
+    async fn release(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+    ) -> Result<bool> {
+        self.with(
+            |s| match s.coupons.get_mut(&(campaign.to_string(), coupon)) {
+                Some(c) if c.holders.get(&user) == Some(&request_id) => {
+                    c.holders.remove(&user);
+                    c.stock += 1;
+                    true
+                }
+                _ => false,
+            },
+        )
+    }
+
+    async fn ensure(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        cfg: GateCoupon,
+        holders: &[(UserId, Uuid)],
+    ) -> Result<Ensured> {
+        self.with(
+            |s| match s.coupons.get_mut(&(campaign.to_string(), coupon)) {
+                None => {
+                    let stock = cfg.quantity - holders.len() as i64;
+                    s.coupons.insert(
+                        (campaign.to_string(), coupon),
+                        MemoryCoupon {
+                            quantity: cfg.quantity,
+                            stock,
+                            starts_ms: cfg.starts_ms,
+                            ends_ms: cfg.ends_ms,
+                            refused_sold_out: 0,
+                            holders: holders.iter().copied().collect(),
+                        },
+                    );
+                    Ensured::Created { stock }
+                }
+                Some(c) if cfg.quantity < c.quantity => Ensured::Shrink { live: c.quantity },
+                Some(c) => {
+                    let by = cfg.quantity - c.quantity;
+                    c.stock += by;
+                    c.quantity = cfg.quantity;
+                    c.starts_ms = cfg.starts_ms;
+                    c.ends_ms = cfg.ends_ms;
+                    if by > 0 {
+                        Ensured::Grown { by }
+                    } else {
+                        Ensured::Unchanged
+                    }
+                }
+            },
+        )
+    }
+
+    async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>> {
+        self.with(|s| {
+            s.coupons
+                .get(&(campaign.to_string(), coupon))
+                .map(|c| GateSnapshot {
+                    quantity: c.quantity,
+                    remaining: c.stock,
+                    refused_sold_out: c.refused_sold_out,
+                    holders: c.holders.len() as i64,
+                })
+        })
+    }
+
+    async fn holder(&self, campaign: &str, coupon: CouponId, user: UserId) -> Result<Option<Uuid>> {
+        self.with(|s| {
+            s.coupons
+                .get(&(campaign.to_string(), coupon))
+                .and_then(|c| c.holders.get(&user).copied())
+        })
+    }
+
+    async fn set_catalog(&self, campaign: &str, coupons: &[(CouponId, i64)]) -> Result<()> {
+        self.with(|s| {
+            let mut merged: std::collections::BTreeMap<CouponId, i64> = s
+                .catalogs
+                .get(campaign)
+                .map(|c| c.iter().copied().collect())
+                .unwrap_or_default();
+            merged.extend(coupons.iter().copied());
+            s.catalogs
+                .insert(campaign.to_string(), merged.into_iter().collect());
+        })
+    }
+
+    async fn catalog(&self, campaign: &str) -> Result<Option<Vec<(CouponId, i64)>>> {
+        self.with(|s| s.catalogs.get(campaign).cloned())
+    }
+
+    async fn add_pending(&self, campaign: &str, p: &Pending) -> Result<()> {
+        self.with(|s| {
+            s.pending
+                .entry(campaign.to_string())
+                .or_default()
+                .insert(p.request_id, p.clone());
+        })
+    }
+
+    async fn pending(&self, campaign: &str) -> Result<Vec<Pending>> {
+        self.with(|s| {
+            s.pending
+                .get(campaign)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    async fn remove_pending(&self, campaign: &str, request_id: Uuid) -> Result<()> {
+        self.with(|s| {
+            if let Some(m) = s.pending.get_mut(campaign) {
+                m.remove(&request_id);
+            }
+        })
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

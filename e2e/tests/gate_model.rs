@@ -1,0 +1,130 @@
+//! The embedded gate and the Redis scripts agree: a random sequence of operations gets the same
+//! answers from both and leaves the same state (stock, holders, sold-out refusals).
+
+use coupon_core::gate::{GateCoupon, MemoryGate, RedisGate, StockGate};
+use coupon_e2e::{redis_url, unique};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve { coupon: u32, user: u64, id: usize },
+    Release { coupon: u32, user: u64, id: usize },
+    Grow { coupon: u32, by: i64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Coupons 1-2 are open, 3 has closed, 4 has not opened; few users and request ids, so
+    // duplicates, replays and sold-outs happen often.
+    prop_oneof![
+        6 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::Reserve { coupon, user, id }),
+        2 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::Release { coupon, user, id }),
+        1 => (1u32..=4, 0i64..=2).prop_map(|(coupon, by)| Op::Grow { coupon, by }),
+    ]
+}
+
+fn window(coupon: u32) -> (i64, i64) {
+    let now = chrono::Utc::now().timestamp_millis();
+    match coupon {
+        3 => (now - 7_200_000, now - 3_600_000),
+        4 => (now + 3_600_000, now + 7_200_000),
+        _ => (0, 0),
+    }
+}
+
+async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
+    let campaign = unique("model");
+    let memory = MemoryGate::new();
+    let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    let mut quantity = [0i64, 2, 1, 2, 2];
+    for coupon in 1..=4u32 {
+        let (starts_ms, ends_ms) = window(coupon);
+        let cfg = GateCoupon {
+            quantity: quantity[coupon as usize],
+            starts_ms,
+            ends_ms,
+        };
+        let a = redis
+            .ensure(&campaign, coupon, cfg, &[])
+            .await
+            .expect("redis ensure");
+        let b = memory
+            .ensure(&campaign, coupon, cfg, &[])
+            .await
+            .expect("memory ensure");
+        prop_assert_eq!(a, b);
+    }
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Reserve { coupon, user, id } => {
+                let a = redis
+                    .reserve(&campaign, coupon, user, ids[id])
+                    .await
+                    .expect("redis");
+                let b = memory
+                    .reserve(&campaign, coupon, user, ids[id])
+                    .await
+                    .expect("memory");
+                prop_assert_eq!(a, b, "step {}: {:?}", step, op);
+            }
+            Op::Release { coupon, user, id } => {
+                let a = redis
+                    .release(&campaign, coupon, user, ids[id])
+                    .await
+                    .expect("redis");
+                let b = memory
+                    .release(&campaign, coupon, user, ids[id])
+                    .await
+                    .expect("memory");
+                prop_assert_eq!(a, b, "step {}: {:?}", step, op);
+            }
+            Op::Grow { coupon, by } => {
+                quantity[coupon as usize] += by;
+                let (starts_ms, ends_ms) = window(coupon);
+                let cfg = GateCoupon {
+                    quantity: quantity[coupon as usize],
+                    starts_ms,
+                    ends_ms,
+                };
+                let a = redis
+                    .ensure(&campaign, coupon, cfg, &[])
+                    .await
+                    .expect("redis");
+                let b = memory
+                    .ensure(&campaign, coupon, cfg, &[])
+                    .await
+                    .expect("memory");
+                prop_assert_eq!(a, b, "step {}: {:?}", step, op);
+            }
+        }
+    }
+    for coupon in 1..=4u32 {
+        let a = redis.snapshot(&campaign, coupon).await.expect("redis");
+        let b = memory.snapshot(&campaign, coupon).await.expect("memory");
+        prop_assert_eq!(a, b, "final state of coupon {}", coupon);
+        for user in 1..=5u64 {
+            let a = redis.holder(&campaign, coupon, user).await.expect("redis");
+            let b = memory
+                .holder(&campaign, coupon, user)
+                .await
+                .expect("memory");
+            prop_assert_eq!(a, b, "holder of coupon {} user {}", coupon, user);
+        }
+        if let Some(s) = a {
+            prop_assert!(s.remaining >= 0 && s.remaining + s.holders == s.quantity);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn memory_gate_agrees_with_the_redis_script(ops in prop::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let redis = RedisGate::connect(&redis_url()).await.expect("redis");
+            run(&ops, &redis).await
+        })?;
+    }
+}
