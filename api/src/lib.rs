@@ -228,19 +228,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     coupon_core::campaign::validate_name(&cfg.campaign)?;
-    let gate = RedisGate::connect(&cfg.backends.redis_url)
+    let gate = RedisGate::connect(cfg.backends.redis_url())
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let topic = cfg
         .topic
         .clone()
         .unwrap_or_else(|| topic_name(&cfg.campaign));
-    let publisher = Publisher::new(&cfg.backends.kafka_brokers, &topic, cfg.timeouts)
+    let publisher = Publisher::new(cfg.backends.kafka_brokers(), &topic, cfg.timeouts)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let partitions = publisher.check().await.map_err(|e| {
         format!(
             "cannot reach Kafka at {} for topic {topic}: {e}",
-            cfg.backends.kafka_brokers
+            cfg.backends.kafka_brokers()
         )
     })?;
     let state = AppState::new(&cfg.campaign, Arc::new(gate), publisher.clone());

@@ -1,4 +1,9 @@
-//! `couponctl`: operate a campaign without Kubernetes.
+//! `couponctl`: operate a campaign without Kubernetes: provision, load, verify, reconcile, and
+//! the whole system embedded as a demo.
+
+mod demo;
+mod load;
+mod report;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -53,6 +58,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the whole system in this process (embedded gate, mock broker, SQLite unless
+    /// --redis-url/--kafka-brokers/--database-url are given) under the seed scenario, and report.
+    Demo {
+        /// Campaign manifest; defaults to the seed's (examples/seed-campaign.yaml).
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// Compresses the seed's 10 minutes (0.1: one minute).
+        #[arg(long, default_value_t = 0.1)]
+        time_scale: f64,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Drive the API over HTTP, then report requests, drain and integrity (the seed's report).
+    Load {
+        /// Base URL of the API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        target: String,
+        #[arg(long, env = "CAMPAIGN")]
+        campaign: String,
+        /// Compresses the seed's 10 minutes (0.1: one minute).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
     /// Settle reservations whose publish result was unknown.
     Reconcile {
         #[arg(long, env = "CAMPAIGN")]
@@ -66,6 +96,95 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What shapes the load, shared by `load` and `demo`.
+#[derive(clap::Args)]
+struct LoadArgs {
+    #[arg(long, value_enum, default_value_t = load::Scenario::Seed)]
+    scenario: load::Scenario,
+    /// Seed scenario: pause after each iteration, in milliseconds (2000 gives the seed's ≈34 req/s).
+    #[arg(long, default_value_t = 2000)]
+    think_ms: u64,
+    /// Max and hot scenarios: concurrent connections.
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    /// Max and hot scenarios: how long, e.g. 30s or 2m.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Users are drawn from 1..=USERS.
+    #[arg(long, default_value_t = 1_000_000)]
+    users: u64,
+    /// Write the accepted request ids here (for `verify --accepted`).
+    #[arg(long)]
+    accepted: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the report as Markdown to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl LoadArgs {
+    fn options(
+        &self,
+        target: String,
+        time_scale: f64,
+        coupons: &[(u32, i64)],
+    ) -> load::LoadOptions {
+        let mut by_size: Vec<_> = coupons.to_vec();
+        by_size.sort_by_key(|(id, q)| (*q, *id));
+        load::LoadOptions {
+            target,
+            scenario: self.scenario,
+            time_scale: time_scale.clamp(0.001, 100.0),
+            think: Duration::from_millis(self.think_ms),
+            connections: self.connections,
+            duration: self.duration,
+            coupons: coupons.iter().map(|(id, _)| *id).collect(),
+            hot_coupons: by_size.iter().take(3).map(|(id, _)| *id).collect(),
+            users: self.users.max(1),
+            progress: !self.quiet && !self.json,
+        }
+    }
+
+    /// Prints the report; the exit status says whether every invariant held.
+    fn finish(&self, report: &report::Report) -> Result<ExitCode, coupon_core::Error> {
+        if let Some(path) = &self.markdown {
+            std::fs::write(path, report.render_markdown()).map_err(|e| {
+                coupon_core::Error::Unexpected(format!("cannot write {}: {e}", path.display()))
+            })?;
+        }
+        if self.json {
+            println!("{}", to_json(report));
+        } else {
+            print!("{}", report.render_text());
+        }
+        Ok(if report.passed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
+    match unit {
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!("{s:?} is not a duration like 30s or 2m")),
+    }
 }
 
 #[tokio::main]
@@ -89,16 +208,16 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
     match command {
         Command::Provision { file, json } => {
             let campaign = Campaign::from_yaml(&read(&file)?)?;
-            let gate = RedisGate::connect(&b.redis_url).await?;
+            let gate = RedisGate::connect(b.redis_url()).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let topics = KafkaAdmin::new(&b.kafka_brokers)?;
+            let topics = KafkaAdmin::new(b.kafka_brokers())?;
             let report = provision(
                 &campaign,
                 &Backends {
                     gate: &gate,
                     ledger: &ledger,
                     topics: &topics,
-                    brokers: &b.kafka_brokers,
+                    brokers: b.kafka_brokers(),
                 },
             )
             .await?;
@@ -146,11 +265,11 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 Some(f) => Some(AcceptedLog::parse(&read(f)?)?),
                 None => None,
             };
-            let gate = RedisGate::connect(&b.redis_url).await?;
+            let gate = RedisGate::connect(b.redis_url()).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let topic = topic_name(&campaign);
             wait_drained(
-                &b.kafka_brokers,
+                b.kafka_brokers(),
                 &consumer_group(&campaign),
                 &topic,
                 Duration::from_secs(wait_drain),
@@ -160,7 +279,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 &VerifyInput {
                     campaign: &campaign,
                     topic: &topic,
-                    brokers: &b.kafka_brokers,
+                    brokers: b.kafka_brokers(),
                     spec,
                     accepted: accepted.as_ref(),
                 },
@@ -179,18 +298,79 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 ExitCode::FAILURE
             })
         }
+        Command::Demo {
+            file,
+            time_scale,
+            load,
+        } => {
+            let text = match &file {
+                Some(f) => read(f)?,
+                None => demo::SEED_CAMPAIGN.to_string(),
+            };
+            let campaign = Campaign::from_yaml(&text)?;
+            let coupons: Vec<_> = campaign
+                .coupons()
+                .iter()
+                .map(|c| (c.id, c.quantity))
+                .collect();
+            let (report, running) = demo::run(
+                b,
+                &campaign,
+                |target| load.options(target, time_scale, &coupons),
+                load.accepted.as_deref(),
+            )
+            .await
+            .map_err(coupon_core::Error::Unexpected)?;
+            if !load.json {
+                println!(
+                    "couponctl demo: gate = {}, broker = {}, ledger = {}; real coupon-api and coupon-consumer code",
+                    running.gate, running.broker, running.ledger
+                );
+            }
+            load.finish(&report)
+        }
+        Command::Load {
+            target,
+            campaign,
+            time_scale,
+            load,
+        } => {
+            let gate = RedisGate::connect(b.redis_url()).await?;
+            let ledger = Ledger::connect(b.database_url()?, 2).await?;
+            let coupons = ledger.coupon_quantities(&campaign).await?;
+            if coupons.is_empty() {
+                return Err(coupon_core::Error::NotProvisioned(campaign));
+            }
+            let topic = topic_name(&campaign);
+            let books = report::Books {
+                campaign: &campaign,
+                topic: &topic,
+                brokers: b.kafka_brokers(),
+                gate: &gate,
+                ledger: &ledger,
+            };
+            let target = target.trim_end_matches('/').to_string();
+            let report = report::load_and_report(
+                &books,
+                load.options(target, time_scale, &coupons),
+                load.accepted.as_deref(),
+            )
+            .await
+            .map_err(coupon_core::Error::Unexpected)?;
+            load.finish(&report)
+        }
         Command::Reconcile {
             campaign,
             min_age,
             wait_drain,
             json,
         } => {
-            let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(&b.redis_url).await?);
+            let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(b.redis_url()).await?);
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let report = reconcile(
                 &campaign,
                 &topic_name(&campaign),
-                &b.kafka_brokers,
+                b.kafka_brokers(),
                 gate.as_ref(),
                 &ledger,
                 &ReconcileOptions {

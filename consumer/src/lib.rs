@@ -192,11 +192,15 @@ impl Worker {
             }
         }
         lag_task.abort();
+        let _ = lag_task.await;
         // Whatever was stored is durable: commit it before leaving the group.
         if let Err(e) = this.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit");
         }
         this.consumer.unsubscribe();
+        // The clients close here, while the broker is still reachable, not whenever the last
+        // clone happens to be dropped.
+        drop(this);
         tracing::info!("coupon-consumer stopped");
         Ok(())
     }

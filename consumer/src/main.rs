@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         batch_max: batch_max.clamp(1, 5000),
         batch_linger: Duration::from_millis(batch_linger_ms),
         metrics_listen: Some(metrics_listen),
-        ..ConsumerConfig::new(&backends.kafka_brokers, &campaign)
+        ..ConsumerConfig::new(backends.kafka_brokers(), &campaign)
     };
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

@@ -272,6 +272,31 @@ impl TopicAdmin for KafkaAdmin {
     }
 }
 
+/// Topics created beforehand by other means (librdkafka's mock cluster answers no CreateTopics):
+/// checks that they exist and refuses a decrease like [`KafkaAdmin`].
+pub struct PreCreatedTopics(pub String);
+
+#[async_trait]
+impl TopicAdmin for PreCreatedTopics {
+    async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<TopicChange> {
+        match partition_count(&self.0, topic).await? {
+            Some(live) if live > partitions => Err(Error::PartitionDecrease {
+                topic: topic.to_string(),
+                live,
+                wanted: partitions,
+            }),
+            Some(live) if live < partitions => Err(Error::BrokerUnsupported(format!(
+                "grow topic {topic} from {live} to {partitions} partitions"
+            ))),
+            Some(live) => Ok(TopicChange::Unchanged { partitions: live }),
+            None => Err(Error::Unexpected(format!(
+                "topic {topic} does not exist on {}",
+                self.0
+            ))),
+        }
+    }
+}
+
 /// Lag of one partition: end offset − the group's committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]

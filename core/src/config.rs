@@ -8,18 +8,29 @@ use crate::gate::redact;
 /// Where the backends are. Every binary takes these flags; each uses the ones it needs.
 #[derive(Clone, clap::Args)]
 pub struct BackendArgs {
-    /// Redis holding the stock gate.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub kafka_brokers: String,
+    /// Redis holding the stock gate [default: redis://127.0.0.1:6379].
+    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// Kafka bootstrap servers, comma separated [default: 127.0.0.1:9092].
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
+    pub kafka: Option<String>,
     /// The ledger: postgres://…, mysql://… (MySQL or MariaDB) or sqlite:PATH.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 }
 
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+
 impl BackendArgs {
+    pub fn redis_url(&self) -> &str {
+        self.redis.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+
+    pub fn kafka_brokers(&self) -> &str {
+        self.kafka.as_deref().unwrap_or(DEFAULT_KAFKA_BROKERS)
+    }
+
     pub fn database_url(&self) -> Result<&str> {
         self.database_url.as_deref().ok_or_else(|| {
             Error::Unexpected("no database: pass --database-url or set DATABASE_URL".into())
@@ -31,8 +42,8 @@ impl BackendArgs {
 impl fmt::Debug for BackendArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendArgs")
-            .field("redis_url", &redact(&self.redis_url))
-            .field("kafka_brokers", &self.kafka_brokers)
+            .field("redis_url", &redact(self.redis_url()))
+            .field("kafka_brokers", &self.kafka_brokers())
             .field("database_url", &self.database_url.as_deref().map(redact))
             .finish()
     }

@@ -443,6 +443,16 @@ impl Ledger {
         })
     }
 
+    /// Number of distinct users holding at least one coupon of the campaign.
+    pub async fn distinct_users(&self, campaign: &str) -> Result<i64> {
+        on_pool!(self, pool => {
+            let mut q = QueryBuilder::new("SELECT COUNT(DISTINCT user_id) FROM user_coupons WHERE campaign = ");
+            q.push_bind(campaign);
+            let (n,): (i64,) = q.build_query_as().fetch_one(pool).await?;
+            Ok(n)
+        })
+    }
+
     /// Every request id stored for the campaign.
     pub async fn request_ids(&self, campaign: &str) -> Result<HashSet<Uuid>> {
         let rows: Vec<(String,)> = on_pool!(self, pool => {

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
 use coupon_core::broker::{
-    KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, TopicChange, group_lag, partition_count,
-    wait_drained,
+    KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, group_lag, wait_drained,
 };
 use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
 use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
@@ -67,23 +65,6 @@ pub fn campaign(name: &str, groups: &[(&str, i64)], partitions: i32) -> Campaign
         },
     };
     Campaign::new(name.to_string(), spec).expect("valid campaign")
-}
-
-/// Topics created beforehand (librdkafka's mock cluster has no CreateTopics): checks only.
-pub struct ExistingTopics(pub String);
-
-#[async_trait]
-impl TopicAdmin for ExistingTopics {
-    async fn ensure_topic(&self, topic: &str, partitions: i32) -> coupon_core::Result<TopicChange> {
-        match partition_count(&self.0, topic).await? {
-            Some(p) => Ok(TopicChange::Unchanged {
-                partitions: p.max(partitions),
-            }),
-            None => Err(coupon_core::Error::Unexpected(format!(
-                "topic {topic} missing"
-            ))),
-        }
-    }
 }
 
 /// The real API (as a router) and the real consumer (as a task) for one campaign.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use coupon_core::broker::{PublishTimeouts, Publisher};
+use coupon_core::broker::{PreCreatedTopics, PublishTimeouts, Publisher};
 use coupon_core::campaign::{Campaign, dead_letter_topic};
 use coupon_core::event::IssuanceEvent;
 use coupon_core::gate::{Decision, Pending, StockGate};
@@ -13,8 +13,7 @@ use coupon_core::ledger::Ledger;
 use coupon_core::reconcile::{ReconcileOptions, reconcile};
 use coupon_core::verify::AcceptedLog;
 use coupon_e2e::{
-    ExistingTopics, Proxy, Stack, StackOptions, assert_green, assert_refused, campaign, request_id,
-    unique,
+    Proxy, Stack, StackOptions, assert_green, assert_refused, campaign, request_id, unique,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -51,7 +50,7 @@ async fn on_mock(
     let stack = Stack::start_with(
         db,
         &brokers,
-        &ExistingTopics(brokers.clone()),
+        &PreCreatedTopics(brokers.clone()),
         campaign,
         opts,
     )

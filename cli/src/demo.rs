@@ -1,0 +1,149 @@
+//! `couponctl demo`: the whole system in one process. Each backend is embedded unless given:
+//! the stock gate in process (the Redis script's semantics), librdkafka's mock cluster as the
+//! broker (so the real producer and consumer paths run), SQLite as the ledger. The real API and
+//! consumer code serve on ephemeral ports; the seed scenario drives them over HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use coupon_api::AppState;
+use coupon_consumer::{ConsumerConfig, Worker};
+use coupon_core::broker::{KafkaAdmin, PreCreatedTopics, PublishTimeouts, Publisher, TopicAdmin};
+use coupon_core::campaign::{Campaign, dead_letter_topic};
+use coupon_core::config::BackendArgs;
+use coupon_core::gate::{MemoryGate, RedisGate, StockGate};
+use coupon_core::ledger::Ledger;
+use coupon_core::provision::{Backends, provision};
+use rdkafka::mocking::MockCluster;
+use tokio_util::sync::CancellationToken;
+
+use crate::load::LoadOptions;
+use crate::report::{Books, Report, load_and_report};
+
+pub const SEED_CAMPAIGN: &str = include_str!("../../examples/seed-campaign.yaml");
+
+/// Which backend each role runs on, for the report's header.
+pub struct Running {
+    pub gate: &'static str,
+    pub broker: &'static str,
+    pub ledger: &'static str,
+}
+
+pub async fn run(
+    b: &BackendArgs,
+    campaign: &Campaign,
+    load: impl FnOnce(String) -> LoadOptions,
+    accepted: Option<&std::path::Path>,
+) -> Result<(Report, Running), String> {
+    let topic = campaign.topic();
+    // The mock cluster lives (and serves) as long as this function runs.
+    let mut _mock = None;
+    let (brokers, topics, broker): (String, Box<dyn TopicAdmin>, _) = match &b.kafka {
+        Some(k) => (
+            k.clone(),
+            Box::new(KafkaAdmin::new(k).map_err(|e| e.to_string())?),
+            "Kafka",
+        ),
+        None => {
+            let mock = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
+            mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
+                .and_then(|()| mock.create_topic(&dead_letter_topic(&topic), 1, 1))
+                .map_err(|e| format!("mock topics: {e}"))?;
+            let brokers = mock.bootstrap_servers();
+            _mock = Some(mock);
+            (
+                brokers.clone(),
+                Box::new(PreCreatedTopics(brokers)),
+                "librdkafka mock cluster",
+            )
+        }
+    };
+    let (gate, gate_kind): (Arc<dyn StockGate>, _) = match &b.redis {
+        Some(url) => (
+            Arc::new(
+                RedisGate::connect(url)
+                    .await
+                    .map_err(|e| format!("redis: {e}"))?,
+            ),
+            "Redis",
+        ),
+        None => (Arc::new(MemoryGate::new()), "in-process gate"),
+    };
+    let _dir;
+    let (ledger_url, ledger_kind) = match &b.database_url {
+        Some(url) => (url.clone(), "database"),
+        None => {
+            let dir = std::env::temp_dir().join(format!("couponctl-demo-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+            let url = format!("sqlite:{}", dir.join("ledger.db").display());
+            _dir = TempDir(dir);
+            (url, "SQLite")
+        }
+    };
+    let ledger = Ledger::connect(&ledger_url, 4)
+        .await
+        .map_err(|e| format!("ledger: {e}"))?;
+    provision(
+        campaign,
+        &Backends {
+            gate: gate.as_ref(),
+            ledger: &ledger,
+            topics: topics.as_ref(),
+            brokers: &brokers,
+        },
+    )
+    .await
+    .map_err(|e| format!("provision: {e}"))?;
+
+    let stop = CancellationToken::new();
+    let publisher =
+        Publisher::new(&brokers, &topic, PublishTimeouts::default()).map_err(|e| e.to_string())?;
+    let state = AppState::new(&campaign.name, gate.clone(), publisher);
+    state.refresh_catalog().await.map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| format!("listen: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let api = tokio::spawn(coupon_api::serve(
+        listener,
+        state,
+        stop.clone().cancelled_owned(),
+    ));
+    let worker = Worker::new(
+        ConsumerConfig::new(&brokers, &campaign.name),
+        ledger.clone(),
+        stop.clone(),
+    )
+    .map_err(|e| e.to_string())?;
+    let consumer = tokio::spawn(worker.run());
+
+    let books = Books {
+        campaign: &campaign.name,
+        topic: &topic,
+        brokers: &brokers,
+        gate: gate.as_ref(),
+        ledger: &ledger,
+    };
+    let report = load_and_report(&books, load(format!("http://{addr}")), accepted).await;
+    stop.cancel();
+    let _ = api.await;
+    let _ = consumer.await;
+    ledger.close().await;
+    Ok((
+        report?,
+        Running {
+            gate: gate_kind,
+            broker,
+            ledger: ledger_kind,
+        },
+    ))
+}
+
+/// Removes the embedded ledger's directory when the demo ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

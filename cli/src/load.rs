@@ -1,0 +1,365 @@
+//! The load generator: drives the API over HTTP like the seed's k6 test (or harder), records
+//! every accepted request id, and measures latency with HdrHistogram.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use coupon_core::campaign::{CouponId, UserId};
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// The seed's k6 test: 0→20 VUs (1 min), →50 (2 min), →100 (2 min), 100 (4 min), →0 (1 min).
+    Seed,
+    /// Closed loop, no think time: throughput.
+    Max,
+    /// Most traffic on the few smallest coupons from a small user pool: sell-out storms.
+    Hot,
+}
+
+/// The seed's stages: (duration, target VUs at its end).
+pub const SEED_STAGES: [(u64, usize); 5] = [(60, 20), (120, 50), (120, 100), (240, 100), (60, 0)];
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub target: String,
+    pub scenario: Scenario,
+    /// Compresses the seed stages (0.1: one minute) without changing their shape.
+    pub time_scale: f64,
+    /// Pause after each seed iteration; 2 s reproduces the seed's ≈34 req/s.
+    pub think: Duration,
+    pub connections: usize,
+    pub duration: Duration,
+    /// Coupons to draw from, uniformly (seed, max).
+    pub coupons: Vec<CouponId>,
+    /// The smallest coupons, which take 90% of the hot scenario's traffic.
+    pub hot_coupons: Vec<CouponId>,
+    pub users: UserId,
+    pub progress: bool,
+}
+
+/// One request's outcome class: `accepted` or the refusal code (or a transport failure).
+fn classify(status: u16, body: &[u8]) -> (String, Option<Uuid>) {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let id = json["requestId"]
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok());
+    if status == 202 {
+        return ("accepted".into(), id);
+    }
+    let code = json["code"]
+        .as_str()
+        .map_or_else(|| format!("http_{status}"), str::to_string);
+    (code, id)
+}
+
+#[derive(Default)]
+struct WorkerLog {
+    histogram: Option<Histogram<u64>>,
+    outcomes: BTreeMap<String, u64>,
+    accepted: Vec<Uuid>,
+    ambiguous: Vec<Uuid>,
+}
+
+pub struct LoadOutcome {
+    pub elapsed: Duration,
+    /// Microseconds; corrected for coordinated omission in the closed-loop scenarios.
+    pub histogram: Histogram<u64>,
+    pub outcomes: BTreeMap<String, u64>,
+    pub accepted: Vec<Uuid>,
+    /// 503 answers that carried a request id: may or may not be issued.
+    pub ambiguous: Vec<Uuid>,
+    pub max_vus: usize,
+}
+
+impl LoadOutcome {
+    pub fn requests(&self) -> u64 {
+        self.outcomes.values().sum()
+    }
+}
+
+struct Shared {
+    client: reqwest::Client,
+    opts: LoadOptions,
+    started: Instant,
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    active_vus: AtomicUsize,
+}
+
+fn target_vus(elapsed: Duration, scale: f64) -> Option<usize> {
+    let mut t = elapsed.as_secs_f64();
+    let mut from = 0usize;
+    for (secs, to) in SEED_STAGES {
+        let len = secs as f64 * scale;
+        if t < len {
+            let share = t / len;
+            return Some((from as f64 + (to as f64 - from as f64) * share).round() as usize);
+        }
+        t -= len;
+        from = to;
+    }
+    None
+}
+
+pub fn seed_duration(scale: f64) -> Duration {
+    Duration::from_secs_f64(SEED_STAGES.iter().map(|(s, _)| *s as f64).sum::<f64>() * scale)
+}
+
+impl Shared {
+    fn pick(&self, rng: &mut SmallRng) -> (CouponId, UserId) {
+        let o = &self.opts;
+        match o.scenario {
+            Scenario::Hot if !o.hot_coupons.is_empty() && rng.random_bool(0.9) => {
+                let c = o.hot_coupons[rng.random_range(0..o.hot_coupons.len())];
+                (c, rng.random_range(1..=o.users.clamp(1, 5_000)))
+            }
+            _ => {
+                let c = o.coupons[rng.random_range(0..o.coupons.len())];
+                (c, rng.random_range(1..=o.users.max(1)))
+            }
+        }
+    }
+
+    async fn send(&self, log: &mut WorkerLog, coupon: CouponId, user: UserId) -> Duration {
+        let url = format!("{}/api/coupons/{coupon}/issue", self.opts.target);
+        let started = Instant::now();
+        let result = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"userId":{user}}}"#))
+            .send()
+            .await;
+        let (code, id) = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap_or_default();
+                classify(status, &body)
+            }
+            Err(_) => ("transport_error".into(), None),
+        };
+        let took = started.elapsed();
+        match (code.as_str(), id) {
+            ("accepted", Some(id)) => {
+                log.accepted.push(id);
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            ("unavailable", Some(id)) => log.ambiguous.push(id),
+            _ => {}
+        }
+        *log.outcomes.entry(code).or_default() += 1;
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        took
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn seed_vu(shared: Arc<Shared>, index: usize) -> WorkerLog {
+    let mut log = WorkerLog {
+        histogram: Some(new_histogram()),
+        ..WorkerLog::default()
+    };
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut active = false;
+    while let Some(target) = target_vus(shared.started.elapsed(), shared.opts.time_scale) {
+        if index >= target {
+            if active {
+                shared.active_vus.fetch_sub(1, Ordering::Relaxed);
+                active = false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        if !active {
+            shared.active_vus.fetch_add(1, Ordering::Relaxed);
+            active = true;
+        }
+        let (coupon, user) = shared.pick(&mut rng);
+        let took = shared.send(&mut log, coupon, user).await;
+        if let Some(h) = log.histogram.as_mut() {
+            let _ = h.record(took.as_micros().max(1) as u64);
+        }
+        tokio::time::sleep(shared.opts.think).await;
+    }
+    if active {
+        shared.active_vus.fetch_sub(1, Ordering::Relaxed);
+    }
+    log
+}
+
+async fn closed_loop(shared: Arc<Shared>) -> WorkerLog {
+    let mut log = WorkerLog {
+        histogram: Some(new_histogram()),
+        ..WorkerLog::default()
+    };
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let (mut n, mut total_us) = (0u64, 0u64);
+    while shared.started.elapsed() < shared.opts.duration {
+        let (coupon, user) = shared.pick(&mut rng);
+        let took = shared.send(&mut log, coupon, user).await.as_micros().max(1) as u64;
+        n += 1;
+        total_us += took;
+        // A closed loop sends less while the server stalls; correcting with the usual interval
+        // back-fills the requests that would have waited (coordinated omission).
+        if let Some(h) = log.histogram.as_mut() {
+            let _ = h.record_correct(took, (total_us / n).max(1));
+        }
+    }
+    log
+}
+
+pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
+    if opts.coupons.is_empty() {
+        return Err("no coupons to request".into());
+    }
+    let connections = match opts.scenario {
+        Scenario::Seed => SEED_STAGES.iter().map(|(_, v)| *v).max().unwrap_or(1),
+        Scenario::Max | Scenario::Hot => opts.connections.max(1),
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let total = match opts.scenario {
+        Scenario::Seed => seed_duration(opts.time_scale),
+        _ => opts.duration,
+    };
+    let shared = Arc::new(Shared {
+        client,
+        opts,
+        started: Instant::now(),
+        sent: AtomicU64::new(0),
+        accepted: AtomicU64::new(0),
+        active_vus: AtomicUsize::new(0),
+    });
+    let progress = shared.opts.progress.then(|| progress_bar(total));
+    let ticker = progress.clone().map(|bar| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let elapsed = shared.started.elapsed();
+                let sent = shared.sent.load(Ordering::Relaxed);
+                bar.set_position(elapsed.as_millis().min(total.as_millis()) as u64);
+                bar.set_message(format!(
+                    "{sent} requests, {:.0} req/s, {} accepted, {} VUs",
+                    sent as f64 / elapsed.as_secs_f64().max(0.001),
+                    shared.accepted.load(Ordering::Relaxed),
+                    match shared.opts.scenario {
+                        Scenario::Seed => shared.active_vus.load(Ordering::Relaxed),
+                        _ => connections,
+                    }
+                ));
+            }
+        })
+    });
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                match shared.opts.scenario {
+                    Scenario::Seed => seed_vu(shared, i).await,
+                    Scenario::Max | Scenario::Hot => closed_loop(shared).await,
+                }
+            })
+        })
+        .collect();
+    let mut outcome = LoadOutcome {
+        elapsed: Duration::ZERO,
+        histogram: new_histogram(),
+        outcomes: BTreeMap::new(),
+        accepted: Vec::new(),
+        ambiguous: Vec::new(),
+        max_vus: connections,
+    };
+    for t in tasks {
+        let log = t.await.map_err(|e| format!("load worker failed: {e}"))?;
+        if let Some(h) = &log.histogram {
+            let _ = outcome.histogram.add(h);
+        }
+        for (k, v) in log.outcomes {
+            *outcome.outcomes.entry(k).or_default() += v;
+        }
+        outcome.accepted.extend(log.accepted);
+        outcome.ambiguous.extend(log.ambiguous);
+    }
+    outcome.elapsed = shared.started.elapsed();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    Ok(outcome)
+}
+
+fn progress_bar(total: Duration) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}%  {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// The accepted log `verify --accepted` reads: one id per line, `?id` for ambiguous answers.
+pub fn accepted_log(outcome: &LoadOutcome) -> String {
+    let mut out = String::with_capacity((outcome.accepted.len() + outcome.ambiguous.len()) * 38);
+    for id in &outcome.accepted {
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    for id in &outcome.ambiguous {
+        out.push('?');
+        out.push_str(&id.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_stages_ramp_like_k6() {
+        let at = |s: u64| target_vus(Duration::from_secs(s), 1.0);
+        assert_eq!(at(0), Some(0));
+        assert_eq!(at(30), Some(10));
+        assert_eq!(at(60), Some(20));
+        assert_eq!(at(120), Some(35));
+        assert_eq!(at(300), Some(100));
+        assert_eq!(at(599), Some(2));
+        assert_eq!(at(600), None);
+        assert_eq!(seed_duration(0.1), Duration::from_secs(60));
+        // Time-scaled, the same shape.
+        assert_eq!(target_vus(Duration::from_secs(3), 0.1), Some(10));
+    }
+
+    #[test]
+    fn answers_are_classified_by_code() {
+        let id = Uuid::now_v7();
+        let body = format!(r#"{{"requestId":"{id}"}}"#);
+        assert_eq!(
+            classify(202, body.as_bytes()),
+            ("accepted".into(), Some(id))
+        );
+        assert_eq!(classify(409, br#"{"code":"sold_out"}"#).0, "sold_out");
+        assert_eq!(classify(502, b"<html>").0, "http_502");
+    }
+}
