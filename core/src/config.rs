@@ -9,13 +9,18 @@ use crate::gate::redact;
 #[derive(Clone, clap::Args)]
 pub struct BackendArgs {
     /// Redis holding the stock gate [default: redis://127.0.0.1:6379].
-    #[arg(long = "redis-url", env = "REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub redis: Option<String>,
     /// Kafka bootstrap servers, comma separated [default: 127.0.0.1:9092].
-    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS")]
+    #[arg(long = "kafka-brokers", env = "KAFKA_BROKERS", global = true)]
     pub kafka: Option<String>,
     /// The ledger: postgres://…, mysql://… (MySQL or MariaDB) or sqlite:PATH.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
 }
 

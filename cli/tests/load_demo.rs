@@ -1,0 +1,202 @@
+//! `couponctl demo` and `couponctl load` as users run them: the report's numbers come from real
+//! runs, and a broken ledger makes the demo fail.
+
+use std::process::{Command, Output};
+
+use coupon_core::ledger::Ledger;
+use coupon_e2e::{Stack, campaign, unique};
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr (tail):\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// The demo on embedded defaults only: no service URL reaches it.
+fn embedded_demo(extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_couponctl"))
+        .args([
+            "demo",
+            "--time-scale",
+            "0.01",
+            "--think-ms",
+            "100",
+            "--json",
+        ])
+        .args(extra)
+        .env_remove("REDIS_URL")
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("couponctl runs")
+}
+
+fn report(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+#[test]
+fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
+    let out = embedded_demo(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(r["passed"], true, "{}", text(&out));
+    let requests = r["requests"].as_u64().expect("requests");
+    assert!(
+        requests > 100,
+        "a 6 s seed run at 100 ms think time sends hundreds: {requests}"
+    );
+    assert_eq!(
+        r["outcomes"]["accepted"].as_u64(),
+        Some(requests),
+        "no sell-out at this volume"
+    );
+    assert_eq!(r["issued"].as_u64(), Some(requests), "every 202 is a row");
+    assert_eq!(r["coupons"], 100);
+    assert_eq!(r["quantity"], 172_000);
+    assert!(r["drainedAfterS"].as_f64().is_some(), "drained");
+    let checks = r["integrity"]["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 6);
+    assert!(checks.iter().all(|c| c["status"] == "pass"), "{checks:?}");
+    let shares: Vec<f64> = r["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["sharePct"].as_f64().unwrap_or(0.0))
+        .collect();
+    assert_eq!(shares.len(), 3);
+    assert!((shares.iter().sum::<f64>() - 100.0).abs() < 0.01);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_fails_when_the_ledger_loses_rows() {
+    let dir = std::env::temp_dir().join(unique("broken-ledger"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let url = format!("sqlite:{}", dir.join("ledger.db").display());
+    let Ledger::Sqlite(pool) = Ledger::connect(&url, 1).await.expect("ledger") else {
+        panic!("sqlite ledger expected");
+    };
+    // A ledger that silently drops every fifth issued row.
+    sqlx::query(
+        "CREATE TRIGGER lose_rows BEFORE INSERT ON user_coupons WHEN NEW.user_id % 5 = 0 \
+         BEGIN SELECT RAISE(IGNORE); END",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+    pool.close().await;
+    let out = embedded_demo(&["--database-url", &url, "--users", "50"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(r["passed"], false);
+    let failed: Vec<_> = r["integrity"]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        failed.contains(&"I3".to_string()) && failed.contains(&"I4".to_string()),
+        "{failed:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A short seed scenario against the real API on real Redis, broker and PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_against_real_services_reports_what_the_ledger_holds() {
+    let stack = Stack::start(
+        &coupon_e2e::postgres_url(),
+        campaign(&unique("load"), &[("1-5", 20), ("6-10", 1000)], 3),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = stack.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let accepted = std::env::temp_dir().join(format!("{}.accepted", stack.campaign.name));
+    let markdown = std::env::temp_dir().join(format!("{}.md", stack.campaign.name));
+    let bin = env!("CARGO_BIN_EXE_couponctl");
+    let (target, name) = (format!("http://{addr}"), stack.campaign.name.clone());
+    let (acc, md) = (
+        accepted.display().to_string(),
+        markdown.display().to_string(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "load",
+                "--target",
+                &target,
+                "--campaign",
+                &name,
+                "--scenario",
+                "hot",
+            ])
+            .args(["--connections", "20", "--duration", "4s", "--users", "300"])
+            .args(["--json", "--accepted", &acc, "--markdown", &md])
+            .env("REDIS_URL", coupon_e2e::redis_url())
+            .env("KAFKA_BROKERS", coupon_e2e::kafka_brokers())
+            .env("DATABASE_URL", coupon_e2e::postgres_url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("couponctl runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&out);
+    let stored = stack
+        .ledger
+        .request_ids(&stack.campaign.name)
+        .await
+        .expect("ids");
+    let accepted_ids = std::fs::read_to_string(&accepted).expect("accepted log");
+    assert_eq!(
+        accepted_ids.lines().count(),
+        stored.len(),
+        "the accepted log is the ledger"
+    );
+    assert_eq!(
+        r["outcomes"]["accepted"].as_u64(),
+        Some(stored.len() as u64)
+    );
+    assert_eq!(r["issued"].as_u64(), Some(stored.len() as u64));
+    // The hot scenario sells the three 20-coupon ids out and refuses repeats.
+    assert!(
+        r["outcomes"]["sold_out"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        r["outcomes"]["already_issued"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        text(&out)
+    );
+    let requests: u64 = r["outcomes"]
+        .as_object()
+        .expect("outcomes")
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(r["requests"].as_u64(), Some(requests));
+    assert_eq!(r["passed"], true, "{}", text(&out));
+    let md = std::fs::read_to_string(&markdown).expect("markdown report");
+    assert!(
+        md.contains("## 6 Integrity (I1-I6)") && md.contains("| I5 |"),
+        "{md}"
+    );
+    stack.shutdown().await;
+}
