@@ -1,6 +1,7 @@
 //! `couponctl`: operate a campaign without Kubernetes: provision, load, verify, reconcile, and
 //! the whole system embedded as a demo.
 
+mod bench;
 mod demo;
 mod load;
 mod report;
@@ -69,6 +70,19 @@ enum Command {
         time_scale: f64,
         #[command(flatten)]
         load: LoadArgs,
+    },
+    /// Measure raw Redis, broker and database limits next to the system, in one run, with ratios.
+    /// Needs real services and the release binaries (cargo build --release).
+    Bench {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Operations per raw measurement.
+        #[arg(long, default_value_t = 50_000)]
+        raw_ops: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Drive the API over HTTP, then report requests, drain and integrity (the seed's report).
     Load {
@@ -328,6 +342,29 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 );
             }
             load.finish(&report)
+        }
+        Command::Bench {
+            connections,
+            duration,
+            raw_ops,
+            json,
+        } => {
+            let report = bench::run(
+                b,
+                bench::BenchOptions {
+                    connections,
+                    duration,
+                    raw_ops,
+                },
+            )
+            .await
+            .map_err(coupon_core::Error::Unexpected)?;
+            if json {
+                println!("{}", to_json(&report));
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Load {
             target,

@@ -407,6 +407,27 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The raw baseline `couponctl bench` compares the consumer with: the same rows written as
+    /// one multi-row insert in one transaction, with no stock update and no duplicate handling.
+    pub async fn insert_rows_only(&self, campaign: &str, events: &[IssuanceEvent]) -> Result<u64> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut q = QueryBuilder::new(
+                "INSERT INTO user_coupons (campaign, coupon_id, user_id, request_id, issued_at) ",
+            );
+            q.push_values(events, |mut b, e| {
+                b.push_bind(campaign)
+                    .push_bind(i64::from(e.coupon_id))
+                    .push_bind(e.user_id as i64)
+                    .push_bind(e.request_id.to_string())
+                    .push_bind(e.accepted_at);
+            });
+            let n = q.build().execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok(n)
+        })
+    }
+
     /// Per-coupon quantity, remaining stock and issued row count.
     pub async fn books(&self, campaign: &str) -> Result<Vec<CouponBook>> {
         let rows: Vec<(i64, i64, i64, i64)> = on_pool!(self, pool => {

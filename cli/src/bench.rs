@@ -1,0 +1,288 @@
+//! `couponctl bench`: the raw limits of Redis, the broker and the database next to what the
+//! system makes of them, measured in one run on one machine, with each ratio.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use coupon_core::broker::{KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, wait_drained};
+use coupon_core::campaign::{Campaign, consumer_group};
+use coupon_core::config::BackendArgs;
+use coupon_core::event::IssuanceEvent;
+use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
+use coupon_core::ledger::Ledger;
+use coupon_core::provision::{Backends, provision};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::load::{self, LoadOptions, Scenario};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Line {
+    pub what: String,
+    pub system: f64,
+    pub raw: f64,
+    pub unit: String,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BenchReport {
+    pub campaign: String,
+    pub ledger: String,
+    pub api_requests: u64,
+    pub api_p50_ms: f64,
+    pub api_p99_ms: f64,
+    pub api_correct: bool,
+    pub api_rss_mb: f64,
+    pub consumer_rss_mb: f64,
+    pub lines: Vec<Line>,
+}
+
+impl BenchReport {
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "couponctl bench: campaign {}, ledger {}\n\n{:<46} {:>12} {:>12} {:>8}\n",
+            self.campaign, self.ledger, "measure", "system", "raw", "ratio"
+        );
+        for l in &self.lines {
+            s.push_str(&format!(
+                "{:<46} {:>12.0} {:>12.0} {:>7.2}x   ({})\n",
+                l.what, l.system, l.raw, l.ratio, l.unit
+            ));
+        }
+        s.push_str(&format!(
+            "\nAPI under max load: {} requests, p50 {:.2} ms, p99 {:.2} ms, every answer correct: {}\n\
+             peak RSS: coupon-api {:.1} MB, coupon-consumer {:.1} MB\n",
+            self.api_requests, self.api_p50_ms, self.api_p99_ms, self.api_correct, self.api_rss_mb, self.consumer_rss_mb
+        ));
+        s
+    }
+}
+
+pub struct BenchOptions {
+    pub connections: usize,
+    pub duration: Duration,
+    pub raw_ops: usize,
+}
+
+fn sibling(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = exe.with_file_name(name);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!("{} not found next to couponctl; build all binaries first: cargo build --release", path.display()))
+    }
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Proc {
+    /// Peak resident set size (VmHWM), in MB.
+    fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            })
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn spawn(bin: &str, args: &[&str], b: &BackendArgs) -> Result<Proc, String> {
+    let mut cmd = Command::new(sibling(bin)?);
+    cmd.args(args)
+        .env("REDIS_URL", b.redis_url())
+        .env("KAFKA_BROKERS", b.kafka_brokers())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(db) = &b.database_url {
+        cmd.env("DATABASE_URL", db);
+    }
+    cmd.spawn().map(Proc).map_err(|e| format!("cannot start {bin}: {e}"))
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64().max(1e-9)
+}
+
+pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, String> {
+    let err = |e: coupon_core::Error| e.to_string();
+    let stamp = Utc::now().format("%m%d%H%M%S").to_string();
+    let name = format!("bench-{stamp}");
+    let manifest = format!(
+        "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 3}}\n  coupons:\n    - {{ids: \"1-100\", name: \"bench {{id}}\", discount: 1000, quantity: 10000000}}\n"
+    );
+    let campaign = Campaign::from_yaml(&manifest).map_err(err)?;
+    let gate = Arc::new(RedisGate::connect(b.redis_url()).await.map_err(err)?);
+    let ledger = Ledger::connect(b.database_url().map_err(err)?, 4).await.map_err(err)?;
+    let admin = KafkaAdmin::new(b.kafka_brokers()).map_err(err)?;
+    provision(&campaign, &Backends { gate: gate.as_ref(), ledger: &ledger, topics: &admin, brokers: b.kafka_brokers() })
+        .await
+        .map_err(err)?;
+    let mut lines = Vec::new();
+    let n = opts.raw_ops;
+
+    // Raw gate: the script on Redis, one at a time and pipelined (100 in flight).
+    let raw_campaign = format!("{name}-raw");
+    gate.ensure(&raw_campaign, 1, GateCoupon { quantity: i64::MAX / 2, starts_ms: 0, ends_ms: 0 }, &[])
+        .await
+        .map_err(err)?;
+    let started = Instant::now();
+    for user in 1..=(n / 10) as u64 {
+        gate.reserve(&raw_campaign, 1, user, Uuid::now_v7()).await.map_err(err)?;
+    }
+    let gate_serial = rate(n / 10, started.elapsed());
+    let started = Instant::now();
+    let base = (n / 10) as u64;
+    futures::stream::iter(1..=n as u64)
+        .map(|u| {
+            let gate = gate.clone();
+            let c = raw_campaign.clone();
+            async move { gate.reserve(&c, 1, base + u, Uuid::now_v7()).await }
+        })
+        .buffer_unordered(100)
+        .for_each(|_| async {})
+        .await;
+    let gate_pipelined = rate(n, started.elapsed());
+
+    // Raw produce: the same idempotent producer, 1,000 in flight, to a scratch topic.
+    let raw_topic = format!("coupons.{raw_campaign}.scratch");
+    admin.ensure_topic(&raw_topic, 3).await.map_err(err)?;
+    let publisher = Publisher::new(b.kafka_brokers(), &raw_topic, PublishTimeouts::default()).map_err(err)?;
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let p = publisher.clone();
+            let c = raw_campaign.clone();
+            async move { p.publish(&IssuanceEvent::new(Uuid::now_v7(), &c, 1, i as u64 + 1, Utc::now())).await }
+        })
+        .buffer_unordered(1000)
+        .for_each(|_| async {})
+        .await;
+    let produce_raw = rate(n, started.elapsed());
+
+    // Raw batched inserts: 1,000-row transactions, nothing else.
+    let mut raw_ledger = campaign.clone();
+    raw_ledger.name = raw_campaign.clone();
+    ledger.provision(&raw_ledger).await.map_err(err)?;
+    let events: Vec<IssuanceEvent> = (0..n)
+        .map(|i| IssuanceEvent::new(Uuid::now_v7(), &raw_campaign, 1 + (i % 100) as u32, i as u64 + 1, Utc::now()))
+        .collect();
+    let started = Instant::now();
+    for chunk in events.chunks(1000) {
+        ledger.insert_rows_only(&raw_campaign, chunk).await.map_err(err)?;
+    }
+    let insert_raw = rate(n, started.elapsed());
+
+    // The system: the API in max mode with no consumer, then the consumer drains the backlog.
+    let listen = "127.0.0.1:18181";
+    let api = spawn("coupon-api", &["--campaign", &name, "--listen", listen], b)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://{listen}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+        if Instant::now() > deadline {
+            return Err("coupon-api did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let coupons: Vec<u32> = (1..=100).collect();
+    let outcome = load::run(LoadOptions {
+        target: format!("http://{listen}"),
+        scenario: Scenario::Max,
+        time_scale: 1.0,
+        think: Duration::ZERO,
+        connections: opts.connections,
+        duration: opts.duration,
+        coupons: coupons.clone(),
+        hot_coupons: Vec::new(),
+        users: 1_000_000_000,
+        progress: false,
+    })
+    .await?;
+    let api_rss_mb = api.peak_rss_mb();
+    api.stop();
+    let accepted = outcome.accepted.len();
+    let answered = outcome.requests() as usize;
+    let api_rate = rate(answered, outcome.elapsed);
+    let publish_rate = rate(accepted, outcome.elapsed);
+    // With a billion users and ten million coupons each, every correct answer is a 202.
+    let api_correct = answered == accepted + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
+
+    // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
+    let consume_raw = raw_consume(b.kafka_brokers(), &campaign.topic(), accepted).await?;
+
+    let consumer = spawn("coupon-consumer", &["--campaign", &name, "--metrics-listen", "127.0.0.1:0"], b)?;
+    let started = Instant::now();
+    let lag = wait_drained(b.kafka_brokers(), &consumer_group(&name), &campaign.topic(), Duration::from_secs(600))
+        .await
+        .map_err(err)?;
+    let drain_took = started.elapsed();
+    let consumer_rss_mb = consumer.peak_rss_mb();
+    consumer.stop();
+    if lag != 0 {
+        return Err(format!("the consumer did not drain ({lag} left)"));
+    }
+    let drain_rate = rate(accepted, drain_took);
+    let h = &outcome.histogram;
+    lines.push(Line { what: "API answers vs gate script, pipelined".into(), system: api_rate, raw: gate_pipelined, unit: "requests/s vs scripts/s".into(), ratio: api_rate / gate_pipelined });
+    lines.push(Line { what: "API answers vs gate script, one at a time".into(), system: api_rate, raw: gate_serial, unit: "requests/s vs scripts/s".into(), ratio: api_rate / gate_serial });
+    lines.push(Line { what: "API publishes (202s) vs raw idempotent produce".into(), system: publish_rate, raw: produce_raw, unit: "events/s".into(), ratio: publish_rate / produce_raw });
+    lines.push(Line { what: "consumer drain vs raw consume (no database)".into(), system: drain_rate, raw: consume_raw, unit: "events/s".into(), ratio: drain_rate / consume_raw });
+    lines.push(Line { what: "consumer drain vs raw batched inserts".into(), system: drain_rate, raw: insert_raw, unit: "events/s, 1000 per transaction".into(), ratio: drain_rate / insert_raw });
+    Ok(BenchReport {
+        campaign: name,
+        ledger: ledger.backend().into(),
+        api_requests: answered as u64,
+        api_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        api_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        api_correct,
+        api_rss_mb,
+        consumer_rss_mb,
+        lines,
+    })
+}
+
+/// Reads `n` records of `topic` from the start with a throw-away group: the broker's delivery rate.
+async fn raw_consume(brokers: &str, topic: &str, n: usize) -> Result<f64, String> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = coupon_core::broker::client_config(brokers)
+        .set("group.id", format!("bench-raw-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
+    let first = consumer.recv().await.map_err(|e| e.to_string())?;
+    drop(first);
+    let started = Instant::now();
+    let mut seen = 1;
+    while seen < n {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Ok(_)) => seen += 1,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("raw consume stalled after {seen} of {n}")),
+        }
+    }
+    Ok(rate(seen - 1, started.elapsed()))
+}
