@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use coupon_core::broker::{KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, wait_drained};
+use coupon_core::broker::{KafkaAdmin, LagProbe, PublishTimeouts, Publisher, TopicAdmin};
 use coupon_core::campaign::{Campaign, consumer_group};
 use coupon_core::config::BackendArgs;
 use coupon_core::event::IssuanceEvent;
@@ -78,7 +78,10 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     if path.exists() {
         Ok(path)
     } else {
-        Err(format!("{} not found next to couponctl; build all binaries first: cargo build --release", path.display()))
+        Err(format!(
+            "{} not found next to couponctl; build all binaries first: cargo build --release",
+            path.display()
+        ))
     }
 }
 
@@ -91,15 +94,20 @@ impl Proc {
         std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+                s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|kb| kb.parse::<f64>().ok())
+                })
             })
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -120,7 +128,9 @@ fn spawn(bin: &str, args: &[&str], b: &BackendArgs) -> Result<Proc, String> {
     if let Some(db) = &b.database_url {
         cmd.env("DATABASE_URL", db);
     }
-    cmd.spawn().map(Proc).map_err(|e| format!("cannot start {bin}: {e}"))
+    cmd.spawn()
+        .map(Proc)
+        .map_err(|e| format!("cannot start {bin}: {e}"))
 }
 
 fn rate(n: usize, took: Duration) -> f64 {
@@ -136,22 +146,43 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     );
     let campaign = Campaign::from_yaml(&manifest).map_err(err)?;
     let gate = Arc::new(RedisGate::connect(b.redis_url()).await.map_err(err)?);
-    let ledger = Ledger::connect(b.database_url().map_err(err)?, 4).await.map_err(err)?;
-    let admin = KafkaAdmin::new(b.kafka_brokers()).map_err(err)?;
-    provision(&campaign, &Backends { gate: gate.as_ref(), ledger: &ledger, topics: &admin, brokers: b.kafka_brokers() })
+    let ledger = Ledger::connect(b.database_url().map_err(err)?, 4)
         .await
         .map_err(err)?;
+    let admin = KafkaAdmin::new(b.kafka_brokers()).map_err(err)?;
+    provision(
+        &campaign,
+        &Backends {
+            gate: gate.as_ref(),
+            ledger: &ledger,
+            topics: &admin,
+            brokers: b.kafka_brokers(),
+        },
+    )
+    .await
+    .map_err(err)?;
     let mut lines = Vec::new();
     let n = opts.raw_ops;
 
     // Raw gate: the script on Redis, one at a time and pipelined (100 in flight).
     let raw_campaign = format!("{name}-raw");
-    gate.ensure(&raw_campaign, 1, GateCoupon { quantity: i64::MAX / 2, starts_ms: 0, ends_ms: 0 }, &[])
-        .await
-        .map_err(err)?;
+    gate.ensure(
+        &raw_campaign,
+        1,
+        GateCoupon {
+            quantity: i64::MAX / 2,
+            starts_ms: 0,
+            ends_ms: 0,
+        },
+        &[],
+    )
+    .await
+    .map_err(err)?;
     let started = Instant::now();
     for user in 1..=(n / 10) as u64 {
-        gate.reserve(&raw_campaign, 1, user, Uuid::now_v7()).await.map_err(err)?;
+        gate.reserve(&raw_campaign, 1, user, Uuid::now_v7())
+            .await
+            .map_err(err)?;
     }
     let gate_serial = rate(n / 10, started.elapsed());
     let started = Instant::now();
@@ -170,13 +201,23 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     // Raw produce: the same idempotent producer, 1,000 in flight, to a scratch topic.
     let raw_topic = format!("coupons.{raw_campaign}.scratch");
     admin.ensure_topic(&raw_topic, 3).await.map_err(err)?;
-    let publisher = Publisher::new(b.kafka_brokers(), &raw_topic, PublishTimeouts::default()).map_err(err)?;
+    let publisher =
+        Publisher::new(b.kafka_brokers(), &raw_topic, PublishTimeouts::default()).map_err(err)?;
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let p = publisher.clone();
             let c = raw_campaign.clone();
-            async move { p.publish(&IssuanceEvent::new(Uuid::now_v7(), &c, 1, i as u64 + 1, Utc::now())).await }
+            async move {
+                p.publish(&IssuanceEvent::new(
+                    Uuid::now_v7(),
+                    &c,
+                    1,
+                    i as u64 + 1,
+                    Utc::now(),
+                ))
+                .await
+            }
         })
         .buffer_unordered(1000)
         .for_each(|_| async {})
@@ -188,11 +229,22 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     raw_ledger.name = raw_campaign.clone();
     ledger.provision(&raw_ledger).await.map_err(err)?;
     let events: Vec<IssuanceEvent> = (0..n)
-        .map(|i| IssuanceEvent::new(Uuid::now_v7(), &raw_campaign, 1 + (i % 100) as u32, i as u64 + 1, Utc::now()))
+        .map(|i| {
+            IssuanceEvent::new(
+                Uuid::now_v7(),
+                &raw_campaign,
+                1 + (i % 100) as u32,
+                i as u64 + 1,
+                Utc::now(),
+            )
+        })
         .collect();
     let started = Instant::now();
     for chunk in events.chunks(1000) {
-        ledger.insert_rows_only(&raw_campaign, chunk).await.map_err(err)?;
+        ledger
+            .insert_rows_only(&raw_campaign, chunk)
+            .await
+            .map_err(err)?;
     }
     let insert_raw = rate(n, started.elapsed());
 
@@ -200,7 +252,10 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     let listen = "127.0.0.1:18181";
     let api = spawn("coupon-api", &["--campaign", &name, "--listen", listen], b)?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("http://{listen}/readyz")).await.map(|r| r.status().is_success()).unwrap_or(false) == false {
+    while !reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
         if Instant::now() > deadline {
             return Err("coupon-api did not become ready".into());
         }
@@ -227,29 +282,79 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     let api_rate = rate(answered, outcome.elapsed);
     let publish_rate = rate(accepted, outcome.elapsed);
     // With a billion users and ten million coupons each, every correct answer is a 202.
-    let api_correct = answered == accepted + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
+    let api_correct = answered
+        == accepted + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
 
     // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
     let consume_raw = raw_consume(b.kafka_brokers(), &campaign.topic(), accepted).await?;
 
-    let consumer = spawn("coupon-consumer", &["--campaign", &name, "--metrics-listen", "127.0.0.1:0"], b)?;
-    let started = Instant::now();
-    let lag = wait_drained(b.kafka_brokers(), &consumer_group(&name), &campaign.topic(), Duration::from_secs(600))
-        .await
-        .map_err(err)?;
-    let drain_took = started.elapsed();
+    let consumer = spawn(
+        "coupon-consumer",
+        &["--campaign", &name, "--metrics-listen", "127.0.0.1:0"],
+        b,
+    )?;
+    // Timed from the first commit (the group join is not drain work) to zero lag.
+    let probe = LagProbe::new(b.kafka_brokers(), &consumer_group(&name)).map_err(err)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, i64)> = None;
+    let drain_rate = loop {
+        let lag: i64 = probe
+            .lag(&campaign.topic())
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|l| l.lag)
+            .sum();
+        if first.is_none() && lag < accepted as i64 {
+            first = Some((Instant::now(), lag));
+        }
+        if lag == 0 {
+            let (t0, left) = first.unwrap_or((Instant::now(), 0));
+            break left as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the consumer did not drain ({lag} left)"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let consumer_rss_mb = consumer.peak_rss_mb();
     consumer.stop();
-    if lag != 0 {
-        return Err(format!("the consumer did not drain ({lag} left)"));
-    }
-    let drain_rate = rate(accepted, drain_took);
     let h = &outcome.histogram;
-    lines.push(Line { what: "API answers vs gate script, pipelined".into(), system: api_rate, raw: gate_pipelined, unit: "requests/s vs scripts/s".into(), ratio: api_rate / gate_pipelined });
-    lines.push(Line { what: "API answers vs gate script, one at a time".into(), system: api_rate, raw: gate_serial, unit: "requests/s vs scripts/s".into(), ratio: api_rate / gate_serial });
-    lines.push(Line { what: "API publishes (202s) vs raw idempotent produce".into(), system: publish_rate, raw: produce_raw, unit: "events/s".into(), ratio: publish_rate / produce_raw });
-    lines.push(Line { what: "consumer drain vs raw consume (no database)".into(), system: drain_rate, raw: consume_raw, unit: "events/s".into(), ratio: drain_rate / consume_raw });
-    lines.push(Line { what: "consumer drain vs raw batched inserts".into(), system: drain_rate, raw: insert_raw, unit: "events/s, 1000 per transaction".into(), ratio: drain_rate / insert_raw });
+    lines.push(Line {
+        what: "API answers vs gate script, pipelined".into(),
+        system: api_rate,
+        raw: gate_pipelined,
+        unit: "requests/s vs scripts/s".into(),
+        ratio: api_rate / gate_pipelined,
+    });
+    lines.push(Line {
+        what: "API answers vs gate script, one at a time".into(),
+        system: api_rate,
+        raw: gate_serial,
+        unit: "requests/s vs scripts/s".into(),
+        ratio: api_rate / gate_serial,
+    });
+    lines.push(Line {
+        what: "API publishes (202s) vs raw idempotent produce".into(),
+        system: publish_rate,
+        raw: produce_raw,
+        unit: "events/s".into(),
+        ratio: publish_rate / produce_raw,
+    });
+    lines.push(Line {
+        what: "consumer drain vs raw consume (no database)".into(),
+        system: drain_rate,
+        raw: consume_raw,
+        unit: "events/s".into(),
+        ratio: drain_rate / consume_raw,
+    });
+    lines.push(Line {
+        what: "consumer drain vs raw batched inserts".into(),
+        system: drain_rate,
+        raw: insert_raw,
+        unit: "events/s, 1000 per transaction".into(),
+        ratio: drain_rate / insert_raw,
+    });
     Ok(BenchReport {
         campaign: name,
         ledger: ledger.backend().into(),

@@ -181,15 +181,25 @@ impl Worker {
             });
         }
         tracing::info!(topic = %this.cfg.topic(), group = %this.cfg.group(), ledger = this.ledger.backend(), "coupon-consumer running");
+        // One batch is written while the next is collected; writes stay strictly in order, so
+        // offsets are only ever stored for batches that are durable.
+        let mut writing: Option<tokio::task::JoinHandle<Result<(), Stopped>>> = None;
         loop {
             let messages = tokio::select! {
                 () = this.stop.cancelled() => break,
                 m = next_batch(&this.consumer, this.cfg.batch_max, this.cfg.batch_linger) => m,
             };
-            let batch = Batch::decode(messages, &this.cfg.campaign);
-            if this.process(&batch).await.is_err() {
+            if let Some(previous) = writing.take()
+                && !matches!(previous.await, Ok(Ok(())))
+            {
                 break;
             }
+            let batch = Batch::decode(messages, &this.cfg.campaign);
+            let worker = this.clone();
+            writing = Some(tokio::spawn(async move { worker.process(&batch).await }));
+        }
+        if let Some(last) = writing.take() {
+            let _ = last.await;
         }
         lag_task.abort();
         let _ = lag_task.await;
