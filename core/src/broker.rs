@@ -120,7 +120,7 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(brokers: &str, topic: &str, timeouts: PublishTimeouts) -> Result<Self> {
         let producer: FutureProducer = idempotent_producer(brokers, timeouts)
-            .set("linger.ms", "1")
+            .set("linger.ms", "0")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set("compression.type", "lz4")
