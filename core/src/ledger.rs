@@ -35,6 +35,19 @@ macro_rules! on_pool {
     };
 }
 
+/// Appends `VALUES (…), (…)` of `user_coupons` rows, one per event.
+macro_rules! push_rows {
+    ($q:expr, $campaign:expr, $events:expr) => {
+        $q.push_values($events, |mut b, e| {
+            b.push_bind($campaign)
+                .push_bind(i64::from(e.coupon_id))
+                .push_bind(e.user_id as i64)
+                .push_bind(e.request_id.to_string())
+                .push_bind(e.accepted_at);
+        })
+    };
+}
+
 /// One coupon's books in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -286,13 +299,7 @@ impl Ledger {
             let mut tx = pool.begin().await?;
             let mut q = QueryBuilder::new(verb);
             q.push(" user_coupons (campaign, coupon_id, user_id, request_id, issued_at) ");
-            q.push_values(events, |mut b, e| {
-                b.push_bind(campaign)
-                    .push_bind(i64::from(e.coupon_id))
-                    .push_bind(e.user_id as i64)
-                    .push_bind(e.request_id.to_string())
-                    .push_bind(e.accepted_at);
-            });
+            push_rows!(q, campaign, events);
             q.push(on_conflict);
             match q.build().execute(&mut *tx).await {
                 Ok(r) if r.rows_affected() == events.len() as u64 => {}
@@ -415,13 +422,7 @@ impl Ledger {
             let mut q = QueryBuilder::new(
                 "INSERT INTO user_coupons (campaign, coupon_id, user_id, request_id, issued_at) ",
             );
-            q.push_values(events, |mut b, e| {
-                b.push_bind(campaign)
-                    .push_bind(i64::from(e.coupon_id))
-                    .push_bind(e.user_id as i64)
-                    .push_bind(e.request_id.to_string())
-                    .push_bind(e.accepted_at);
-            });
+            push_rows!(q, campaign, events);
             let n = q.build().execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             Ok(n)

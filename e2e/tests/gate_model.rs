@@ -37,21 +37,28 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
     let memory = MemoryGate::new();
     let ids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
     let mut quantity = [0i64, 2, 1, 2, 2];
-    for coupon in 1..=4u32 {
+    let ensure_both = |coupon: u32, quantity: i64| {
         let (starts_ms, ends_ms) = window(coupon);
         let cfg = GateCoupon {
-            quantity: quantity[coupon as usize],
+            quantity,
             starts_ms,
             ends_ms,
         };
-        let a = redis
-            .ensure(&campaign, coupon, cfg, &[])
-            .await
-            .expect("redis ensure");
-        let b = memory
-            .ensure(&campaign, coupon, cfg, &[])
-            .await
-            .expect("memory ensure");
+        let (campaign, memory) = (campaign.clone(), &memory);
+        async move {
+            let a = redis
+                .ensure(&campaign, coupon, cfg, &[])
+                .await
+                .expect("redis ensure");
+            let b = memory
+                .ensure(&campaign, coupon, cfg, &[])
+                .await
+                .expect("memory ensure");
+            (a, b)
+        }
+    };
+    for coupon in 1..=4u32 {
+        let (a, b) = ensure_both(coupon, quantity[coupon as usize]).await;
         prop_assert_eq!(a, b);
     }
     for (step, op) in ops.iter().enumerate() {
@@ -80,20 +87,7 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
             }
             Op::Grow { coupon, by } => {
                 quantity[coupon as usize] += by;
-                let (starts_ms, ends_ms) = window(coupon);
-                let cfg = GateCoupon {
-                    quantity: quantity[coupon as usize],
-                    starts_ms,
-                    ends_ms,
-                };
-                let a = redis
-                    .ensure(&campaign, coupon, cfg, &[])
-                    .await
-                    .expect("redis");
-                let b = memory
-                    .ensure(&campaign, coupon, cfg, &[])
-                    .await
-                    .expect("memory");
+                let (a, b) = ensure_both(coupon, quantity[coupon as usize]).await;
                 prop_assert_eq!(a, b, "step {}: {:?}", step, op);
             }
         }
