@@ -1,0 +1,3 @@
+//! `coupon-operator`: reconciles `CouponCampaign` resources.
+
+pub mod scaling;
