@@ -1,3 +1,4 @@
 //! `coupon-operator`: reconciles `CouponCampaign` resources.
 
+pub mod crd;
 pub mod scaling;
