@@ -1,4 +1,5 @@
 //! `coupon-operator`: reconciles `CouponCampaign` resources.
 
+pub mod children;
 pub mod crd;
 pub mod scaling;
