@@ -165,6 +165,19 @@ impl RedisGate {
         self.conn.clone()
     }
 
+    /// Removes every key of the campaign (coupon hashes, holders, catalog, pending); the
+    /// operator's `Delete` deletion policy. Returns how many keys existed.
+    pub async fn forget_campaign(&self, campaign: &str, coupons: &[CouponId]) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let mut removed = 0usize;
+        for c in coupons {
+            let n: usize = conn.del(&[coupon_key(campaign, *c), holders_key(campaign, *c)]).await?;
+            removed += n;
+        }
+        let n: usize = conn.del(&[catalog_key(campaign), pending_key(campaign)]).await?;
+        Ok(removed + n)
+    }
+
     /// Runs a script over one coupon's hash and holders with (user, request id).
     async fn run_on_holder<T: redis::FromRedisValue>(
         &self,

@@ -1,5 +1,6 @@
 //! `coupon-operator`: reconciles `CouponCampaign` resources.
 
 pub mod children;
+pub mod controller;
 pub mod crd;
 pub mod scaling;

@@ -1,0 +1,381 @@
+//! Reconcile: a finalizer wrapper around the inherent `apply` and `cleanup` of a
+//! `CouponCampaign` (the kube-rs/controller-rs shape). Provisioning, verification and lag come
+//! from `coupon-core`; children and status are written by server-side apply, and only when they
+//! changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use coupon_core::broker::{KafkaAdmin, LagProbe};
+use coupon_core::campaign::{Campaign, consumer_group};
+use coupon_core::gate::{RedisGate, StockGate};
+use coupon_core::ledger::Ledger;
+use coupon_core::provision::{Backends, provision};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::children::{self, Component};
+use crate::crd::{
+    ConsumerStatus, CouponCampaign, CouponCampaignStatus, DeletionPolicy, PartitionLagStatus,
+    Phase, SecretKey,
+};
+use crate::scaling::{self, Policy};
+
+pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
+pub const MANAGER: &str = "coupon-operator";
+const HASH_ANNOTATION: &str = "coupons.fcfs.dev/applied-hash";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Core(#[from] coupon_core::Error),
+    #[error("secret {0}: {1}")]
+    Secret(String, String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::Core(e) => e.label(),
+            Self::Secret(..) => "secret",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+}
+
+/// Connected backends, reused across reconciles of campaigns that share them.
+#[derive(Clone)]
+pub struct Connected {
+    pub brokers: String,
+    pub gate: Arc<RedisGate>,
+    pub ledger: Ledger,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    backends: tokio::sync::Mutex<HashMap<(String, String, String), Connected>>,
+    /// Autoscaler recommendations per campaign, for the scale-down window.
+    history: Mutex<HashMap<String, Vec<(DateTime<Utc>, i32)>>>,
+    /// How often a live campaign is looked at again (lag and scaling).
+    pub period: Duration,
+}
+
+impl Context {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            reporter: Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            backends: tokio::sync::Mutex::new(HashMap::new()),
+            history: Mutex::new(HashMap::new()),
+            period: Duration::from_secs(5),
+        }
+    }
+
+    async fn connect(&self, urls: (String, String, String)) -> Result<Connected, Error> {
+        let mut cache = self.backends.lock().await;
+        if let Some(c) = cache.get(&urls) {
+            return Ok(c.clone());
+        }
+        let (redis, brokers, database) = urls.clone();
+        let connected = Connected {
+            gate: Arc::new(RedisGate::connect(&redis).await?),
+            ledger: Ledger::connect(&database, 4).await?,
+            brokers,
+        };
+        cache.insert(urls, connected.clone());
+        Ok(connected)
+    }
+}
+
+/// The controller's entry point for one object.
+pub async fn reconcile(cc: Arc<CouponCampaign>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = cc.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<CouponCampaign> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, cc, |event| async {
+        match event {
+            Finalizer::Apply(cc) => cc.apply(&ctx).await,
+            Finalizer::Cleanup(cc) => cc.cleanup(&ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(%error, label = error.label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+impl CouponCampaign {
+    async fn backend_urls(&self, client: &Client) -> Result<(String, String, String), Error> {
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let mut cache: BTreeMap<String, Secret> = BTreeMap::new();
+        let mut read = async |k: &SecretKey| -> Result<String, Error> {
+            if !cache.contains_key(&k.name) {
+                let s = secrets
+                    .get_opt(&k.name)
+                    .await?
+                    .ok_or_else(|| Error::Secret(k.name.clone(), "not found".into()))?;
+                cache.insert(k.name.clone(), s);
+            }
+            let bytes = cache
+                .get(&k.name)
+                .and_then(|s| s.data.as_ref())
+                .and_then(|d| d.get(&k.key))
+                .ok_or_else(|| Error::Secret(k.name.clone(), format!("has no key {}", k.key)))?;
+            String::from_utf8(bytes.0.clone()).map_err(|_| Error::Secret(k.name.clone(), format!("key {} is not UTF-8", k.key)))
+        };
+        let c = &self.spec.connections;
+        Ok((read(&c.redis).await?, read(&c.kafka).await?, read(&c.database).await?))
+    }
+
+    async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
+        let name = self.name_any();
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
+        let generation = self.metadata.generation;
+        let old = self.status.clone().unwrap_or_default();
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        let reference = self.object_ref(&());
+        let mut events = Vec::new();
+        let mut conditions = Vec::new();
+
+        let campaign = Campaign::new(name.clone(), self.spec.campaign.clone())?;
+        let be = ctx.connect(self.backend_urls(&ctx.client).await?).await?;
+        let topic = campaign.topic();
+
+        // Provision when the spec changed, or when the gate lost the campaign (Redis restarted).
+        let gate_lost = be.gate.catalog(&name).await?.is_none();
+        let spec_changed = old.observed_generation != generation;
+        let mut degraded = None;
+        if spec_changed || gate_lost {
+            let admin = KafkaAdmin::new(&be.brokers)?;
+            let result = provision(
+                &campaign,
+                &Backends { gate: be.gate.as_ref(), ledger: &be.ledger, topics: &admin, brokers: &be.brokers },
+            )
+            .await;
+            match result {
+                Ok(report) => {
+                    let note = format!(
+                        "topic {} ({} partitions{}), {} coupons created, {} grown, {} gates rebuilt",
+                        report.topic,
+                        report.partitions,
+                        if report.topic_created { ", created" } else { "" },
+                        report.coupons_created,
+                        report.coupons_grown.len(),
+                        report.gates_rebuilt.len()
+                    );
+                    events.push(("Provisioned", note.clone(), EventType::Normal));
+                    conditions.push(condition("StockLoaded", true, "Provisioned", note, generation));
+                    conditions.push(condition("TopicReady", true, "TopicReady", format!("topic {topic} ready"), generation));
+                }
+                Err(e @ coupon_core::Error::PartitionDecrease { .. }) => {
+                    events.push(("PartitionDecreaseRefused", e.to_string(), EventType::Warning));
+                    conditions.push(condition("TopicReady", false, "PartitionDecreaseRefused", e.to_string(), generation));
+                    degraded = Some(e.to_string());
+                }
+                Err(e) => {
+                    events.push(("ProvisioningFailed", e.to_string(), EventType::Warning));
+                    conditions.push(condition("StockLoaded", false, "ProvisioningFailed", e.to_string(), generation));
+                    degraded = Some(e.to_string());
+                }
+            }
+        } else {
+            conditions.extend(old.conditions.iter().filter(|c| c.type_ == "StockLoaded" || c.type_ == "TopicReady").cloned());
+        }
+
+        // Lag, books and the scaling decision.
+        let lags = LagProbe::new(&be.brokers, &consumer_group(&name))?.lag(&topic).await?;
+        let books = be.ledger.books(&name).await?;
+        let mut remaining = 0;
+        for b in &books {
+            remaining += be.gate.snapshot(&name, b.coupon_id).await?.map_or(0, |s| s.remaining);
+        }
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let consumer_name = children::name(self, Component::Consumer);
+        let live_consumer = deployments.get_opt(&consumer_name).await?;
+        let current = live_consumer.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(self.spec.consumers.min_replicas);
+        let now = Utc::now();
+        let window = campaign.window();
+        let window_ended = window.ends_at.is_some_and(|e| now >= e);
+        let c = &self.spec.consumers;
+        let policy = Policy {
+            min_replicas: c.min_replicas,
+            max_replicas: c.max_replicas,
+            target_lag_per_replica: c.target_lag_per_replica,
+            scale_down_stabilization: chrono::Duration::seconds(c.scale_down_stabilization_seconds),
+        };
+        let decision = {
+            let mut history = ctx.history.lock().map_err(|_| Error::Secret(name.clone(), "history lock".into()))?;
+            let h = history.entry(format!("{ns}/{name}")).or_default();
+            let since = now - policy.scale_down_stabilization;
+            h.retain(|(at, _)| *at > since);
+            let d = scaling::decide(&policy, &scaling::Observation { now, lags: &lags, current_replicas: current, window_ended, history: h });
+            h.push((now, d.recommendation));
+            d
+        };
+        let desired = if self.spec.paused { current } else { decision.desired };
+
+        // Children, written only when what we want differs from what we last wrote.
+        let mut wrote = 0;
+        wrote += apply_child(&ctx.client, &ns, children::api_deployment(self)).await? as usize;
+        wrote += apply_child(&ctx.client, &ns, children::api_service(self)).await? as usize;
+        wrote += apply_child(&ctx.client, &ns, children::consumer_deployment(self, desired)).await? as usize;
+        wrote += apply_child(&ctx.client, &ns, children::disruption_budget(self, Component::Api)).await? as usize;
+        wrote += apply_child(&ctx.client, &ns, children::disruption_budget(self, Component::Consumer)).await? as usize;
+        if wrote > 0 {
+            events.push(("WorkloadsApplied", format!("{wrote} child objects written"), EventType::Normal));
+        }
+        let scaled = desired != current;
+        if scaled {
+            events.push((
+                "Scaled",
+                format!("consumers {current} -> {desired} (lag {}, {:?})", decision.total_lag, decision.reason),
+                EventType::Normal,
+            ));
+        }
+        let api_ready = deployments.get_opt(&children::name(self, Component::Api)).await?
+            .and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0) > 0;
+        conditions.push(condition(
+            "WorkloadsReady",
+            api_ready,
+            if api_ready { "Available" } else { "Progressing" },
+            format!("API available: {api_ready}; consumers {current}/{desired}"),
+            generation,
+        ));
+        let issued: i64 = books.iter().map(|b| b.issued).sum();
+        let quantity: i64 = books.iter().map(|b| b.total_quantity).sum();
+        let phase = match () {
+            _ if degraded.is_some() => Phase::Degraded,
+            _ if self.spec.paused => Phase::Paused,
+            _ if window.starts_at.is_some_and(|s| now < s) => Phase::Scheduled,
+            _ if window_ended => Phase::Ended,
+            _ if quantity > 0 && remaining == 0 => Phase::SoldOut,
+            _ => Phase::Live,
+        };
+        let ready = degraded.is_none() && api_ready;
+        conditions.push(condition("Ready", ready, if ready { "Ready" } else { "NotReady" }, degraded.clone().unwrap_or_else(|| format!("{phase:?}")), generation));
+        let conditions = keep_transition_times(&old.conditions, conditions);
+        let last_scale_time = if scaled {
+            Some(Time(k8s_openapi::jiff::Timestamp::now()))
+        } else {
+            old.consumers.as_ref().and_then(|c| c.last_scale_time.clone())
+        };
+        let status = CouponCampaignStatus {
+            phase: Some(phase),
+            observed_generation: generation,
+            conditions,
+            quantity: Some(quantity),
+            issued: Some(issued),
+            remaining: Some(remaining),
+            lag: Some(decision.total_lag),
+            partitions: lags.iter().map(|l| PartitionLagStatus { partition: l.partition, end: l.end, committed: l.committed, lag: l.lag }).collect(),
+            consumers: Some(ConsumerStatus { current: desired, desired: decision.desired, summary: format!("{desired}/{}", decision.desired), last_scale_time }),
+        };
+        if status != old {
+            let api: Api<CouponCampaign> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = serde_json::json!({
+                "apiVersion": "coupons.fcfs.dev/v1alpha1",
+                "kind": "CouponCampaign",
+                "status": status,
+            });
+            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+        }
+        for (reason, note, type_) in events {
+            let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+            if let Err(e) = recorder.publish(&ev, &reference).await {
+                tracing::warn!(error = %e, "event not recorded");
+            }
+        }
+        Ok(Action::requeue(ctx.period))
+    }
+
+    async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        let note = match self.spec.deletion_policy {
+            // Children go with their owner reference; the books stay.
+            DeletionPolicy::Retain => "deletion policy Retain: topic, ledger rows and Redis stock kept".to_string(),
+            DeletionPolicy::Delete => {
+                let be = ctx.connect(self.backend_urls(&ctx.client).await?).await?;
+                let coupons = be.ledger.coupon_quantities(&self.name_any()).await?;
+                let removed = be.gate.forget_campaign(&self.name_any(), &coupons.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await?;
+                format!("deletion policy Delete: {removed} Redis keys removed; ledger rows kept")
+            }
+        };
+        let ev = Event { type_: EventType::Normal, reason: "Cleanup".into(), note: Some(note), action: "Delete".into(), secondary: None };
+        if let Err(e) = recorder.publish(&ev, &self.object_ref(&())).await {
+            tracing::warn!(error = %e, "event not recorded");
+        }
+        Ok(Action::await_change())
+    }
+}
+
+/// A condition whose status did not change keeps its original transition time.
+fn keep_transition_times(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut c| {
+            if let Some(o) = old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+                c.last_transition_time = o.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+/// Server-side applies `obj` unless the live object carries the hash of this exact intent.
+async fn apply_child<K>(client: &Client, ns: &str, mut obj: K) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&obj).unwrap_or_default().hash(&mut hasher);
+    let hash = format!("{:016x}", hasher.finish());
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if let Some(live) = api.get_opt(&name).await? {
+        if live.meta().annotations.as_ref().and_then(|a| a.get(HASH_ANNOTATION)) == Some(&hash) {
+            return Ok(false);
+        }
+    }
+    obj.meta_mut().annotations.get_or_insert_with(BTreeMap::new).insert(HASH_ANNOTATION.into(), hash);
+    let mut value = serde_json::to_value(&obj).map_err(|e| Error::Secret(name.clone(), e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), K::api_version(&Default::default()).into());
+        map.insert("kind".into(), K::kind(&Default::default()).into());
+    }
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value)).await?;
+    Ok(true)
+}
