@@ -171,10 +171,14 @@ impl RedisGate {
         let mut conn = self.conn.clone();
         let mut removed = 0usize;
         for c in coupons {
-            let n: usize = conn.del(&[coupon_key(campaign, *c), holders_key(campaign, *c)]).await?;
+            let n: usize = conn
+                .del(&[coupon_key(campaign, *c), holders_key(campaign, *c)])
+                .await?;
             removed += n;
         }
-        let n: usize = conn.del(&[catalog_key(campaign), pending_key(campaign)]).await?;
+        let n: usize = conn
+            .del(&[catalog_key(campaign), pending_key(campaign)])
+            .await?;
         Ok(removed + n)
     }
 

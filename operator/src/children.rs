@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -57,8 +57,14 @@ pub fn labels(cc: &CouponCampaign, c: Component) -> BTreeMap<String, String> {
     let mut l = selector(cc, c);
     l.insert("app.kubernetes.io/component".into(), c.as_str().into());
     l.insert("app.kubernetes.io/part-of".into(), "fcfs-coupons".into());
-    l.insert("app.kubernetes.io/managed-by".into(), "coupon-operator".into());
-    l.insert("app.kubernetes.io/version".into(), env!("CARGO_PKG_VERSION").into());
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "coupon-operator".into(),
+    );
+    l.insert(
+        "app.kubernetes.io/version".into(),
+        env!("CARGO_PKG_VERSION").into(),
+    );
     l
 }
 
@@ -132,7 +138,10 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32) -> Deployment {
             vec![
                 secret_env("KAFKA_BROKERS", &conn.kafka),
                 secret_env("DATABASE_URL", &conn.database),
-                plain_env("METRICS_LISTEN", &format!("0.0.0.0:{CONSUMER_METRICS_PORT}")),
+                plain_env(
+                    "METRICS_LISTEN",
+                    &format!("0.0.0.0:{CONSUMER_METRICS_PORT}"),
+                ),
             ],
             http_probe("/healthz", CONSUMER_METRICS_PORT),
         ),
@@ -167,7 +176,14 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32) -> Deployment {
                         env: Some(env),
                         ports: Some(vec![ContainerPort {
                             container_port: port,
-                            name: Some(if c == Component::Api { "http" } else { "metrics" }.into()),
+                            name: Some(
+                                if c == Component::Api {
+                                    "http"
+                                } else {
+                                    "metrics"
+                                }
+                                .into(),
+                            ),
                             ..ContainerPort::default()
                         }]),
                         readiness_probe: Some(readiness),

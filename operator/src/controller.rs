@@ -126,7 +126,13 @@ pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(10))
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
@@ -155,10 +161,15 @@ impl CouponCampaign {
                 .and_then(|s| s.data.as_ref())
                 .and_then(|d| d.get(&k.key))
                 .ok_or_else(|| Error::Secret(k.name.clone(), format!("has no key {}", k.key)))?;
-            String::from_utf8(bytes.0.clone()).map_err(|_| Error::Secret(k.name.clone(), format!("key {} is not UTF-8", k.key)))
+            String::from_utf8(bytes.0.clone())
+                .map_err(|_| Error::Secret(k.name.clone(), format!("key {} is not UTF-8", k.key)))
         };
         let c = &self.spec.connections;
-        Ok((read(&c.redis).await?, read(&c.kafka).await?, read(&c.database).await?))
+        Ok((
+            read(&c.redis).await?,
+            read(&c.kafka).await?,
+            read(&c.database).await?,
+        ))
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
@@ -183,7 +194,12 @@ impl CouponCampaign {
             let admin = KafkaAdmin::new(&be.brokers)?;
             let result = provision(
                 &campaign,
-                &Backends { gate: be.gate.as_ref(), ledger: &be.ledger, topics: &admin, brokers: &be.brokers },
+                &Backends {
+                    gate: be.gate.as_ref(),
+                    ledger: &be.ledger,
+                    topics: &admin,
+                    brokers: &be.brokers,
+                },
             )
             .await;
             match result {
@@ -192,41 +208,88 @@ impl CouponCampaign {
                         "topic {} ({} partitions{}), {} coupons created, {} grown, {} gates rebuilt",
                         report.topic,
                         report.partitions,
-                        if report.topic_created { ", created" } else { "" },
+                        if report.topic_created {
+                            ", created"
+                        } else {
+                            ""
+                        },
                         report.coupons_created,
                         report.coupons_grown.len(),
                         report.gates_rebuilt.len()
                     );
                     events.push(("Provisioned", note.clone(), EventType::Normal));
-                    conditions.push(condition("StockLoaded", true, "Provisioned", note, generation));
-                    conditions.push(condition("TopicReady", true, "TopicReady", format!("topic {topic} ready"), generation));
+                    conditions.push(condition(
+                        "StockLoaded",
+                        true,
+                        "Provisioned",
+                        note,
+                        generation,
+                    ));
+                    conditions.push(condition(
+                        "TopicReady",
+                        true,
+                        "TopicReady",
+                        format!("topic {topic} ready"),
+                        generation,
+                    ));
                 }
                 Err(e @ coupon_core::Error::PartitionDecrease { .. }) => {
-                    events.push(("PartitionDecreaseRefused", e.to_string(), EventType::Warning));
-                    conditions.push(condition("TopicReady", false, "PartitionDecreaseRefused", e.to_string(), generation));
+                    events.push((
+                        "PartitionDecreaseRefused",
+                        e.to_string(),
+                        EventType::Warning,
+                    ));
+                    conditions.push(condition(
+                        "TopicReady",
+                        false,
+                        "PartitionDecreaseRefused",
+                        e.to_string(),
+                        generation,
+                    ));
                     degraded = Some(e.to_string());
                 }
                 Err(e) => {
                     events.push(("ProvisioningFailed", e.to_string(), EventType::Warning));
-                    conditions.push(condition("StockLoaded", false, "ProvisioningFailed", e.to_string(), generation));
+                    conditions.push(condition(
+                        "StockLoaded",
+                        false,
+                        "ProvisioningFailed",
+                        e.to_string(),
+                        generation,
+                    ));
                     degraded = Some(e.to_string());
                 }
             }
         } else {
-            conditions.extend(old.conditions.iter().filter(|c| c.type_ == "StockLoaded" || c.type_ == "TopicReady").cloned());
+            conditions.extend(
+                old.conditions
+                    .iter()
+                    .filter(|c| c.type_ == "StockLoaded" || c.type_ == "TopicReady")
+                    .cloned(),
+            );
         }
 
         // Lag, books and the scaling decision.
-        let lags = LagProbe::new(&be.brokers, &consumer_group(&name))?.lag(&topic).await?;
+        let lags = LagProbe::new(&be.brokers, &consumer_group(&name))?
+            .lag(&topic)
+            .await?;
         let books = be.ledger.books(&name).await?;
         let mut remaining = 0;
         for b in &books {
-            remaining += be.gate.snapshot(&name, b.coupon_id).await?.map_or(0, |s| s.remaining);
+            remaining += be
+                .gate
+                .snapshot(&name, b.coupon_id)
+                .await?
+                .map_or(0, |s| s.remaining);
         }
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let consumer_name = children::name(self, Component::Consumer);
         let live_consumer = deployments.get_opt(&consumer_name).await?;
-        let current = live_consumer.as_ref().and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(self.spec.consumers.min_replicas);
+        let current = live_consumer
+            .as_ref()
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .unwrap_or(self.spec.consumers.min_replicas);
         let now = Utc::now();
         let window = campaign.window();
         let window_ended = window.ends_at.is_some_and(|e| now >= e);
@@ -238,40 +301,87 @@ impl CouponCampaign {
             scale_down_stabilization: chrono::Duration::seconds(c.scale_down_stabilization_seconds),
         };
         let decision = {
-            let mut history = ctx.history.lock().map_err(|_| Error::Secret(name.clone(), "history lock".into()))?;
+            let mut history = ctx
+                .history
+                .lock()
+                .map_err(|_| Error::Secret(name.clone(), "history lock".into()))?;
             let h = history.entry(format!("{ns}/{name}")).or_default();
             let since = now - policy.scale_down_stabilization;
             h.retain(|(at, _)| *at > since);
-            let d = scaling::decide(&policy, &scaling::Observation { now, lags: &lags, current_replicas: current, window_ended, history: h });
+            let d = scaling::decide(
+                &policy,
+                &scaling::Observation {
+                    now,
+                    lags: &lags,
+                    current_replicas: current,
+                    window_ended,
+                    history: h,
+                },
+            );
             h.push((now, d.recommendation));
             d
         };
-        let desired = if self.spec.paused { current } else { decision.desired };
+        let desired = if self.spec.paused {
+            current
+        } else {
+            decision.desired
+        };
 
         // Children, written only when what we want differs from what we last wrote.
         let mut wrote = 0;
         wrote += apply_child(&ctx.client, &ns, children::api_deployment(self)).await? as usize;
         wrote += apply_child(&ctx.client, &ns, children::api_service(self)).await? as usize;
-        wrote += apply_child(&ctx.client, &ns, children::consumer_deployment(self, desired)).await? as usize;
-        wrote += apply_child(&ctx.client, &ns, children::disruption_budget(self, Component::Api)).await? as usize;
-        wrote += apply_child(&ctx.client, &ns, children::disruption_budget(self, Component::Consumer)).await? as usize;
+        wrote += apply_child(
+            &ctx.client,
+            &ns,
+            children::consumer_deployment(self, desired),
+        )
+        .await? as usize;
+        wrote += apply_child(
+            &ctx.client,
+            &ns,
+            children::disruption_budget(self, Component::Api),
+        )
+        .await? as usize;
+        wrote += apply_child(
+            &ctx.client,
+            &ns,
+            children::disruption_budget(self, Component::Consumer),
+        )
+        .await? as usize;
         if wrote > 0 {
-            events.push(("WorkloadsApplied", format!("{wrote} child objects written"), EventType::Normal));
+            events.push((
+                "WorkloadsApplied",
+                format!("{wrote} child objects written"),
+                EventType::Normal,
+            ));
         }
         let scaled = desired != current;
         if scaled {
             events.push((
                 "Scaled",
-                format!("consumers {current} -> {desired} (lag {}, {:?})", decision.total_lag, decision.reason),
+                format!(
+                    "consumers {current} -> {desired} (lag {}, {:?})",
+                    decision.total_lag, decision.reason
+                ),
                 EventType::Normal,
             ));
         }
-        let api_ready = deployments.get_opt(&children::name(self, Component::Api)).await?
-            .and_then(|d| d.status).and_then(|s| s.available_replicas).unwrap_or(0) > 0;
+        let api_ready = deployments
+            .get_opt(&children::name(self, Component::Api))
+            .await?
+            .and_then(|d| d.status)
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0)
+            > 0;
         conditions.push(condition(
             "WorkloadsReady",
             api_ready,
-            if api_ready { "Available" } else { "Progressing" },
+            if api_ready {
+                "Available"
+            } else {
+                "Progressing"
+            },
             format!("API available: {api_ready}; consumers {current}/{desired}"),
             generation,
         ));
@@ -286,12 +396,20 @@ impl CouponCampaign {
             _ => Phase::Live,
         };
         let ready = degraded.is_none() && api_ready;
-        conditions.push(condition("Ready", ready, if ready { "Ready" } else { "NotReady" }, degraded.clone().unwrap_or_else(|| format!("{phase:?}")), generation));
+        conditions.push(condition(
+            "Ready",
+            ready,
+            if ready { "Ready" } else { "NotReady" },
+            degraded.clone().unwrap_or_else(|| format!("{phase:?}")),
+            generation,
+        ));
         let conditions = keep_transition_times(&old.conditions, conditions);
         let last_scale_time = if scaled {
             Some(Time(k8s_openapi::jiff::Timestamp::now()))
         } else {
-            old.consumers.as_ref().and_then(|c| c.last_scale_time.clone())
+            old.consumers
+                .as_ref()
+                .and_then(|c| c.last_scale_time.clone())
         };
         let status = CouponCampaignStatus {
             phase: Some(phase),
@@ -301,8 +419,21 @@ impl CouponCampaign {
             issued: Some(issued),
             remaining: Some(remaining),
             lag: Some(decision.total_lag),
-            partitions: lags.iter().map(|l| PartitionLagStatus { partition: l.partition, end: l.end, committed: l.committed, lag: l.lag }).collect(),
-            consumers: Some(ConsumerStatus { current: desired, desired: decision.desired, summary: format!("{desired}/{}", decision.desired), last_scale_time }),
+            partitions: lags
+                .iter()
+                .map(|l| PartitionLagStatus {
+                    partition: l.partition,
+                    end: l.end,
+                    committed: l.committed,
+                    lag: l.lag,
+                })
+                .collect(),
+            consumers: Some(ConsumerStatus {
+                current: desired,
+                desired: decision.desired,
+                summary: format!("{desired}/{}", decision.desired),
+                last_scale_time,
+            }),
         };
         if status != old {
             let api: Api<CouponCampaign> = Api::namespaced(ctx.client.clone(), &ns);
@@ -311,10 +442,21 @@ impl CouponCampaign {
                 "kind": "CouponCampaign",
                 "status": status,
             });
-            api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await?;
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
         }
         for (reason, note, type_) in events {
-            let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+            let ev = Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
             if let Err(e) = recorder.publish(&ev, &reference).await {
                 tracing::warn!(error = %e, "event not recorded");
             }
@@ -326,15 +468,29 @@ impl CouponCampaign {
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
         let note = match self.spec.deletion_policy {
             // Children go with their owner reference; the books stay.
-            DeletionPolicy::Retain => "deletion policy Retain: topic, ledger rows and Redis stock kept".to_string(),
+            DeletionPolicy::Retain => {
+                "deletion policy Retain: topic, ledger rows and Redis stock kept".to_string()
+            }
             DeletionPolicy::Delete => {
                 let be = ctx.connect(self.backend_urls(&ctx.client).await?).await?;
                 let coupons = be.ledger.coupon_quantities(&self.name_any()).await?;
-                let removed = be.gate.forget_campaign(&self.name_any(), &coupons.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await?;
+                let removed = be
+                    .gate
+                    .forget_campaign(
+                        &self.name_any(),
+                        &coupons.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                    )
+                    .await?;
                 format!("deletion policy Delete: {removed} Redis keys removed; ledger rows kept")
             }
         };
-        let ev = Event { type_: EventType::Normal, reason: "Cleanup".into(), note: Some(note), action: "Delete".into(), secondary: None };
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "Cleanup".into(),
+            note: Some(note),
+            action: "Delete".into(),
+            secondary: None,
+        };
         if let Err(e) = recorder.publish(&ev, &self.object_ref(&())).await {
             tracing::warn!(error = %e, "event not recorded");
         }
@@ -346,7 +502,10 @@ impl CouponCampaign {
 fn keep_transition_times(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
     new.into_iter()
         .map(|mut c| {
-            if let Some(o) = old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+            if let Some(o) = old
+                .iter()
+                .find(|o| o.type_ == c.type_ && o.status == c.status)
+            {
                 c.last_transition_time = o.last_transition_time.clone();
             }
             c
@@ -357,25 +516,49 @@ fn keep_transition_times(old: &[Condition], new: Vec<Condition>) -> Vec<Conditio
 /// Server-side applies `obj` unless the live object carries the hash of this exact intent.
 async fn apply_child<K>(client: &Client, ns: &str, mut obj: K) -> Result<bool, Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&obj).unwrap_or_default().hash(&mut hasher);
+    serde_json::to_string(&obj)
+        .unwrap_or_default()
+        .hash(&mut hasher);
     let hash = format!("{:016x}", hasher.finish());
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
     if let Some(live) = api.get_opt(&name).await? {
-        if live.meta().annotations.as_ref().and_then(|a| a.get(HASH_ANNOTATION)) == Some(&hash) {
+        if live
+            .meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(HASH_ANNOTATION))
+            == Some(&hash)
+        {
             return Ok(false);
         }
     }
-    obj.meta_mut().annotations.get_or_insert_with(BTreeMap::new).insert(HASH_ANNOTATION.into(), hash);
-    let mut value = serde_json::to_value(&obj).map_err(|e| Error::Secret(name.clone(), e.to_string()))?;
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(HASH_ANNOTATION.into(), hash);
+    let mut value =
+        serde_json::to_value(&obj).map_err(|e| Error::Secret(name.clone(), e.to_string()))?;
     if let Some(map) = value.as_object_mut() {
-        map.insert("apiVersion".into(), K::api_version(&Default::default()).into());
+        map.insert(
+            "apiVersion".into(),
+            K::api_version(&Default::default()).into(),
+        );
         map.insert("kind".into(), K::kind(&Default::default()).into());
     }
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&value)).await?;
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await?;
     Ok(true)
 }

@@ -1,0 +1,386 @@
+//! Reconcile against a fake API server (an in-memory store behind a tower service, recording
+//! every request), while provisioning, lag and scaling run on real Redis, tansu and PostgreSQL.
+//! The connection Secret the fake serves points at those real services.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use coupon_core::broker::{PublishTimeouts, Publisher, partition_count};
+use coupon_core::campaign::topic_name;
+use coupon_core::event::IssuanceEvent;
+use coupon_operator::controller::{Context, FINALIZER, reconcile};
+use coupon_operator::crd::CouponCampaign;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use kube::Client;
+use serde_json::{Value, json};
+
+const NS: &str = "default";
+
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    log: Vec<(Method, String, Value)>,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi(Arc<Mutex<Store>>);
+
+impl FakeApi {
+    fn client(&self) -> Client {
+        let api = self.clone();
+        let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        Client::new(svc, NS)
+    }
+
+    async fn handle(&self, req: Request<kube::client::Body>) -> Response<Full<Bytes>> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let mut store = self.0.lock().expect("store");
+        store.log.push((method.clone(), path.clone(), body.clone()));
+        let reply = |code: StatusCode, v: &Value| {
+            Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(v.to_string())))
+                .expect("response")
+        };
+        match method {
+            Method::GET => match store.objects.get(&path) {
+                Some(v) => reply(StatusCode::OK, v),
+                None => reply(
+                    StatusCode::NOT_FOUND,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
+                ),
+            },
+            Method::POST => reply(StatusCode::CREATED, &body),
+            Method::PATCH if content_type.contains("json-patch") => {
+                let mut obj = store.objects.get(&path).cloned().unwrap_or(Value::Null);
+                let patch: json_patch::Patch = serde_json::from_value(body).expect("json patch");
+                json_patch::patch(&mut obj, &patch).expect("patch applies");
+                store.objects.insert(path, obj.clone());
+                reply(StatusCode::OK, &obj)
+            }
+            Method::PATCH if path.ends_with("/status") => {
+                let base = path.trim_end_matches("/status").to_string();
+                let mut obj = store.objects.get(&base).cloned().unwrap_or(Value::Null);
+                obj["status"] = body["status"].clone();
+                store.objects.insert(base, obj.clone());
+                reply(StatusCode::OK, &obj)
+            }
+            Method::PATCH => {
+                store.objects.insert(path, body.clone());
+                reply(StatusCode::OK, &body)
+            }
+            _ => reply(StatusCode::METHOD_NOT_ALLOWED, &Value::Null),
+        }
+    }
+
+    fn put(&self, path: &str, v: Value) {
+        self.0.lock().expect("store").objects.insert(path.into(), v);
+    }
+
+    fn get(&self, path: &str) -> Value {
+        self.0
+            .lock()
+            .expect("store")
+            .objects
+            .get(path)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The writes since the last call: (method, path), events collapsed to their reason.
+    fn take_writes(&self) -> Vec<String> {
+        let mut store = self.0.lock().expect("store");
+        let log = std::mem::take(&mut store.log);
+        log.into_iter()
+            .filter(|(m, _, _)| *m != Method::GET)
+            .map(|(m, p, b)| {
+                if p.contains("/events") {
+                    format!("EVENT {}", b["reason"].as_str().unwrap_or("?"))
+                } else {
+                    format!("{m} {}", p.replace(&format!("/namespaces/{NS}/"), "/"))
+                }
+            })
+            .collect()
+    }
+}
+
+fn cc_path(name: &str) -> String {
+    format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/{NS}/couponcampaigns/{name}")
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A fake cluster holding the connection Secret and one campaign.
+fn cluster(name: &str, spec: Value) -> FakeApi {
+    let api = FakeApi::default();
+    api.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/coupon-backends"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "coupon-backends", "namespace": NS}, "data": {
+            "REDIS_URL": b64(&coupon_e2e::redis_url()),
+            "KAFKA_BROKERS": b64(&coupon_e2e::kafka_brokers()),
+            "DATABASE_URL": b64(&coupon_e2e::postgres_url()),
+        }}),
+    );
+    api.put(
+        &cc_path(name),
+        json!({"apiVersion": "coupons.fcfs.dev/v1alpha1", "kind": "CouponCampaign",
+               "metadata": {"name": name, "namespace": NS, "uid": "0c1d2e3f-0000-4000-8000-000000000001", "generation": 1, "finalizers": null},
+               "spec": spec}),
+    );
+    api
+}
+
+async fn run(api: &FakeApi, ctx: &Arc<Context>, name: &str) {
+    let cc: CouponCampaign = serde_json::from_value(api.get(&cc_path(name))).expect("campaign");
+    reconcile(Arc::new(cc), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+fn spec(partitions: i32, extra: Value) -> Value {
+    let mut s = json!({"topic": {"partitions": partitions}, "coupons": [{"ids": "1-3", "name": "c{id}", "discount": 100, "quantity": 10}]});
+    if let (Some(s), Some(e)) = (s.as_object_mut(), extra.as_object()) {
+        s.extend(e.clone());
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_reconcile_creates_everything_and_an_unchanged_campaign_writes_nothing() {
+    let name = coupon_e2e::unique("op");
+    let api = cluster(&name, spec(3, json!({})));
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        api.take_writes(),
+        vec![format!(
+            "PATCH /apis/coupons.fcfs.dev/v1alpha1/couponcampaigns/{name}"
+        )],
+        "the finalizer first"
+    );
+    assert_eq!(
+        api.get(&cc_path(&name))["metadata"]["finalizers"][0],
+        FINALIZER
+    );
+
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        api.take_writes(),
+        vec![
+            format!("PATCH /apis/apps/v1/deployments/{name}-api"),
+            format!("PATCH /api/v1/services/{name}-api"),
+            format!("PATCH /apis/apps/v1/deployments/{name}-consumer"),
+            format!("PATCH /apis/policy/v1/poddisruptionbudgets/{name}-api"),
+            format!("PATCH /apis/policy/v1/poddisruptionbudgets/{name}-consumer"),
+            format!("PATCH /apis/coupons.fcfs.dev/v1alpha1/couponcampaigns/{name}/status"),
+            "EVENT Provisioned".to_string(),
+            "EVENT WorkloadsApplied".to_string(),
+        ]
+    );
+    // Real side effects: topic, ledger rows, gate.
+    assert_eq!(
+        partition_count(&coupon_e2e::kafka_brokers(), &topic_name(&name))
+            .await
+            .expect("md"),
+        Some(3)
+    );
+    let status = api.get(&cc_path(&name))["status"].clone();
+    assert_eq!(
+        (
+            status["quantity"].as_i64(),
+            status["remaining"].as_i64(),
+            status["issued"].as_i64()
+        ),
+        (Some(30), Some(30), Some(0)),
+        "{status}"
+    );
+    assert_eq!(status["phase"], "Live");
+    assert_eq!(status["observedGeneration"], 1);
+    let consumer = api.get(&format!(
+        "/apis/apps/v1/namespaces/{NS}/deployments/{name}-consumer"
+    ));
+    assert_eq!(
+        consumer["metadata"]["labels"]["app.kubernetes.io/instance"],
+        name.as_str()
+    );
+    assert_eq!(
+        consumer["metadata"]["ownerReferences"][0]["kind"],
+        "CouponCampaign"
+    );
+    assert_eq!(consumer["spec"]["replicas"], 1);
+
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        api.take_writes(),
+        Vec::<String>::new(),
+        "an unchanged campaign writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_decrease_sets_a_condition_and_leaves_the_topic() {
+    let name = coupon_e2e::unique("op-shrink");
+    let api = cluster(&name, spec(3, json!({})));
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    api.take_writes();
+    let mut cc = api.get(&cc_path(&name));
+    cc["spec"]["topic"]["partitions"] = json!(2);
+    cc["metadata"]["generation"] = json!(2);
+    api.put(&cc_path(&name), cc);
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        api.take_writes(),
+        vec![
+            format!("PATCH /apis/coupons.fcfs.dev/v1alpha1/couponcampaigns/{name}/status"),
+            "EVENT PartitionDecreaseRefused".to_string()
+        ],
+        "no topic call, no child rewritten"
+    );
+    let status = api.get(&cc_path(&name))["status"].clone();
+    assert_eq!(status["phase"], "Degraded");
+    let topic = status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "TopicReady")
+        .expect("TopicReady")
+        .clone();
+    assert_eq!(
+        (topic["status"].as_str(), topic["reason"].as_str()),
+        (Some("False"), Some("PartitionDecreaseRefused")),
+        "{topic}"
+    );
+    assert_eq!(
+        partition_count(&coupon_e2e::kafka_brokers(), &topic_name(&name))
+            .await
+            .expect("md"),
+        Some(3),
+        "live topic untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_scales_the_consumer_deployment() {
+    let name = coupon_e2e::unique("op-scale");
+    let api = cluster(
+        &name,
+        spec(
+            3,
+            json!({"consumers": {"minReplicas": 1, "maxReplicas": 5, "targetLagPerReplica": 10}}),
+        ),
+    );
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    api.take_writes();
+    // 25 events and nobody consuming: ceil(25 / 10) = 3, which is also the partition count.
+    let publisher = Publisher::new(
+        &coupon_e2e::kafka_brokers(),
+        &topic_name(&name),
+        PublishTimeouts::default(),
+    )
+    .expect("producer");
+    for user in 1..=25u64 {
+        publisher
+            .publish(&IssuanceEvent::new(
+                uuid::Uuid::now_v7(),
+                &name,
+                1,
+                user,
+                chrono::Utc::now(),
+            ))
+            .await
+            .expect("published");
+    }
+    run(&api, &ctx, &name).await;
+    let writes = api.take_writes();
+    assert!(
+        writes.contains(&format!("PATCH /apis/apps/v1/deployments/{name}-consumer")),
+        "{writes:?}"
+    );
+    assert!(writes.contains(&"EVENT Scaled".to_string()), "{writes:?}");
+    let consumer = api.get(&format!(
+        "/apis/apps/v1/namespaces/{NS}/deployments/{name}-consumer"
+    ));
+    assert_eq!(consumer["spec"]["replicas"], 3);
+    let status = api.get(&cc_path(&name))["status"].clone();
+    assert_eq!(status["lag"], 25);
+    assert_eq!(status["consumers"]["summary"], "3/3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_runs_cleanup_and_removes_the_finalizer() {
+    let name = coupon_e2e::unique("op-del");
+    let api = cluster(&name, spec(1, json!({"deletionPolicy": "Delete"})));
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
+        .await
+        .expect("redis");
+    use coupon_core::gate::StockGate;
+    assert!(gate.catalog(&name).await.expect("catalog").is_some());
+    api.take_writes();
+    let mut cc = api.get(&cc_path(&name));
+    cc["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:00:00Z");
+    api.put(&cc_path(&name), cc);
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        api.take_writes(),
+        vec![
+            "EVENT Cleanup".to_string(),
+            format!("PATCH /apis/coupons.fcfs.dev/v1alpha1/couponcampaigns/{name}")
+        ]
+    );
+    assert!(
+        api.get(&cc_path(&name))["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    );
+    assert!(
+        gate.catalog(&name).await.expect("catalog").is_none(),
+        "Delete policy removed the Redis keys"
+    );
+    assert!(gate.snapshot(&name, 1).await.expect("snapshot").is_none());
+}
