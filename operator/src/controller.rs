@@ -32,6 +32,9 @@ use crate::crd::{
 };
 use crate::scaling::{self, Policy};
 
+/// One autoscaler recommendation and when it was made.
+type Recommendation = (DateTime<Utc>, i32);
+
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
 pub const MANAGER: &str = "coupon-operator";
 const HASH_ANNOTATION: &str = "coupons.fcfs.dev/applied-hash";
@@ -72,7 +75,7 @@ pub struct Context {
     pub reporter: Reporter,
     backends: tokio::sync::Mutex<HashMap<(String, String, String), Connected>>,
     /// Autoscaler recommendations per campaign, for the scale-down window.
-    history: Mutex<HashMap<String, Vec<(DateTime<Utc>, i32)>>>,
+    history: Mutex<HashMap<String, Vec<Recommendation>>>,
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
 }
@@ -530,16 +533,15 @@ where
     let hash = format!("{:016x}", hasher.finish());
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = obj.meta().name.clone().unwrap_or_default();
-    if let Some(live) = api.get_opt(&name).await? {
-        if live
+    if let Some(live) = api.get_opt(&name).await?
+        && live
             .meta()
             .annotations
             .as_ref()
             .and_then(|a| a.get(HASH_ANNOTATION))
             == Some(&hash)
-        {
-            return Ok(false);
-        }
+    {
+        return Ok(false);
     }
     obj.meta_mut()
         .annotations
