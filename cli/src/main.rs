@@ -238,21 +238,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             if json {
                 println!("{}", to_json(&report));
             } else {
-                println!(
-                    "campaign {}: topic {} ({} partitions{}), {} coupons created, {} grown, {} gates rebuilt, {} coupons in all",
-                    campaign.name,
-                    report.topic,
-                    report.partitions,
-                    if report.topic_created {
-                        ", created"
-                    } else {
-                        ""
-                    },
-                    report.coupons_created,
-                    report.coupons_grown.len(),
-                    report.gates_rebuilt.len(),
-                    report.total_quantity
-                );
+                println!("campaign {}: {report}", campaign.name);
             }
             Ok(ExitCode::SUCCESS)
         }

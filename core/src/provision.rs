@@ -29,6 +29,22 @@ pub struct ProvisionReport {
     pub total_quantity: i64,
 }
 
+impl std::fmt::Display for ProvisionReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "topic {} ({} partitions{}), {} coupons created, {} grown, {} gates rebuilt, {} coupons in all",
+            self.topic,
+            self.partitions,
+            if self.topic_created { ", created" } else { "" },
+            self.coupons_created,
+            self.coupons_grown.len(),
+            self.gates_rebuilt.len(),
+            self.total_quantity
+        )
+    }
+}
+
 pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<ProvisionReport> {
     let topic = campaign.topic();
     let mut report = ProvisionReport {

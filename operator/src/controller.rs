@@ -207,19 +207,7 @@ impl CouponCampaign {
             .await;
             match result {
                 Ok(report) => {
-                    let note = format!(
-                        "topic {} ({} partitions{}), {} coupons created, {} grown, {} gates rebuilt",
-                        report.topic,
-                        report.partitions,
-                        if report.topic_created {
-                            ", created"
-                        } else {
-                            ""
-                        },
-                        report.coupons_created,
-                        report.coupons_grown.len(),
-                        report.gates_rebuilt.len()
-                    );
+                    let note = report.to_string();
                     events.push(("Provisioned", note.clone(), EventType::Normal));
                     conditions.push(condition(
                         "StockLoaded",
