@@ -78,6 +78,7 @@ pub struct Context {
     history: Mutex<HashMap<String, Vec<Recommendation>>>,
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {
@@ -91,6 +92,7 @@ impl Context {
             backends: tokio::sync::Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
             period: Duration::from_secs(5),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -114,14 +116,23 @@ impl Context {
 pub async fn reconcile(cc: Arc<CouponCampaign>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = cc.namespace().unwrap_or_else(|| "default".into());
     let api: Api<CouponCampaign> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, cc, |event| async {
+    let result = finalizer(&api, FINALIZER, cc, |event| async {
         match event {
             Finalizer::Apply(cc) => cc.apply(&ctx).await,
             Finalizer::Cleanup(cc) => cc.cleanup(&ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result_label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.label(),
+    };
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[result_label])
+        .inc();
+    result
 }
 
 pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> Action {
@@ -312,11 +323,26 @@ impl CouponCampaign {
             h.push((now, d.recommendation));
             d
         };
+        let m = &ctx.metrics;
+        for l in &lags {
+            m.lag
+                .with_label_values(&[name.as_str(), &l.partition.to_string()])
+                .set(l.lag);
+        }
+        m.lag_total
+            .with_label_values(&[name.as_str()])
+            .set(decision.total_lag);
+        m.replicas_current
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(current));
         let desired = if self.spec.paused {
             current
         } else {
             decision.desired
         };
+        m.replicas_desired
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(desired));
 
         // Children, written only when what we want differs from what we last wrote.
         let mut wrote = 0;

@@ -3,4 +3,5 @@
 pub mod children;
 pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod scaling;

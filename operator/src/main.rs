@@ -19,7 +19,7 @@ use kube::{Api, Client};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Address of /healthz.
+    /// Address of /healthz and /metrics.
     #[arg(long, env = "HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
     health_listen: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

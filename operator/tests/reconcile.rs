@@ -347,6 +347,13 @@ async fn lag_scales_the_consumer_deployment() {
     let status = api.get(&cc_path(&name))["status"].clone();
     assert_eq!(status["lag"], 25);
     assert_eq!(status["consumers"]["summary"], "3/3");
+    let metrics = ctx.metrics.render();
+    for line in [
+        format!("coupon_operator_consumer_lag_total{{campaign=\"{name}\"}} 25"),
+        format!("coupon_operator_consumer_replicas_desired{{campaign=\"{name}\"}} 3"),
+    ] {
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
