@@ -3,5 +3,6 @@
 pub mod children;
 pub mod controller;
 pub mod crd;
+pub mod lease;
 pub mod metrics;
 pub mod scaling;

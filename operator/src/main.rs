@@ -8,10 +8,14 @@ use clap::{Parser, Subcommand};
 use coupon_core::config::{LogFormat, init_logging};
 use coupon_operator::controller::{Context, error_policy, reconcile};
 use coupon_operator::crd::CouponCampaign;
+use coupon_operator::lease::LeaseLock;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
+use std::time::Duration;
 
 /// The CouponCampaign operator.
 #[derive(Parser)]

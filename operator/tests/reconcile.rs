@@ -2,128 +2,17 @@
 //! every request), while provisioning, lag and scaling run on real Redis, tansu and PostgreSQL.
 //! The connection Secret the fake serves points at those real services.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+mod common;
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use common::{FakeApi, NS};
 use coupon_core::broker::{PublishTimeouts, Publisher, partition_count};
 use coupon_core::campaign::topic_name;
 use coupon_core::event::IssuanceEvent;
 use coupon_operator::controller::{Context, FINALIZER, reconcile};
 use coupon_operator::crd::CouponCampaign;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use kube::Client;
 use serde_json::{Value, json};
-
-const NS: &str = "default";
-
-#[derive(Default)]
-struct Store {
-    objects: BTreeMap<String, Value>,
-    log: Vec<(Method, String, Value)>,
-}
-
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<Store>>);
-
-impl FakeApi {
-    fn client(&self) -> Client {
-        let api = self.clone();
-        let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
-        });
-        Client::new(svc, NS)
-    }
-
-    async fn handle(&self, req: Request<kube::client::Body>) -> Response<Full<Bytes>> {
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let content_type = req
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let mut store = self.0.lock().expect("store");
-        store.log.push((method.clone(), path.clone(), body.clone()));
-        let reply = |code: StatusCode, v: &Value| {
-            Response::builder()
-                .status(code)
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(v.to_string())))
-                .expect("response")
-        };
-        match method {
-            Method::GET => match store.objects.get(&path) {
-                Some(v) => reply(StatusCode::OK, v),
-                None => reply(
-                    StatusCode::NOT_FOUND,
-                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")}),
-                ),
-            },
-            Method::POST => reply(StatusCode::CREATED, &body),
-            Method::PATCH if content_type.contains("json-patch") => {
-                let mut obj = store.objects.get(&path).cloned().unwrap_or(Value::Null);
-                let patch: json_patch::Patch = serde_json::from_value(body).expect("json patch");
-                json_patch::patch(&mut obj, &patch).expect("patch applies");
-                store.objects.insert(path, obj.clone());
-                reply(StatusCode::OK, &obj)
-            }
-            Method::PATCH if path.ends_with("/status") => {
-                let base = path.trim_end_matches("/status").to_string();
-                let mut obj = store.objects.get(&base).cloned().unwrap_or(Value::Null);
-                obj["status"] = body["status"].clone();
-                store.objects.insert(base, obj.clone());
-                reply(StatusCode::OK, &obj)
-            }
-            Method::PATCH => {
-                store.objects.insert(path, body.clone());
-                reply(StatusCode::OK, &body)
-            }
-            _ => reply(StatusCode::METHOD_NOT_ALLOWED, &Value::Null),
-        }
-    }
-
-    fn put(&self, path: &str, v: Value) {
-        self.0.lock().expect("store").objects.insert(path.into(), v);
-    }
-
-    fn get(&self, path: &str) -> Value {
-        self.0
-            .lock()
-            .expect("store")
-            .objects
-            .get(path)
-            .cloned()
-            .unwrap_or(Value::Null)
-    }
-
-    /// The writes since the last call: (method, path), events collapsed to their reason.
-    fn take_writes(&self) -> Vec<String> {
-        let mut store = self.0.lock().expect("store");
-        let log = std::mem::take(&mut store.log);
-        log.into_iter()
-            .filter(|(m, _, _)| *m != Method::GET)
-            .map(|(m, p, b)| {
-                if p.contains("/events") {
-                    format!("EVENT {}", b["reason"].as_str().unwrap_or("?"))
-                } else {
-                    format!("{m} {}", p.replace(&format!("/namespaces/{NS}/"), "/"))
-                }
-            })
-            .collect()
-    }
-}
 
 fn cc_path(name: &str) -> String {
     format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/{NS}/couponcampaigns/{name}")
