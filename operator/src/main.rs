@@ -70,14 +70,45 @@ async fn run(health_listen: SocketAddr) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(health_listen)
         .await
         .map_err(|e| format!("cannot listen on {health_listen}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            Router::new().route("/healthz", get(|| async { "ok" })),
-        )
-        .await;
-    });
     let ctx = Arc::new(Context::new(client.clone()));
+    let metrics = ctx.metrics.clone();
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { metrics.render() }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    // Only the Lease holder reconciles; a replica that loses it exits and restarts as a follower.
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("coupon-operator-{}", std::process::id()));
+    let lock = LeaseLock::new(
+        Api::<Lease>::namespaced(client.clone(), &namespace),
+        "coupon-operator",
+        &identity,
+        Duration::from_secs(15),
+    );
+    while !lock
+        .try_acquire_or_renew(Timestamp::now())
+        .await
+        .map_err(|e| format!("lease: {e}"))?
+    {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tracing::info!(%identity, "leading");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(lock.duration() / 3).await;
+            match lock.try_acquire_or_renew(Timestamp::now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::error!("lost the lease; exiting so that only one replica acts");
+                    std::process::exit(1);
+                }
+                Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+            }
+        }
+    });
     tracing::info!("coupon-operator reconciling CouponCampaigns");
     Controller::new(
         Api::<CouponCampaign>::all(client.clone()),
