@@ -248,3 +248,28 @@ pub fn disruption_budget(cc: &CouponCampaign, c: Component) -> PodDisruptionBudg
         status: None,
     }
 }
+
+/// Every child of the campaign in `path`, as one multi-document YAML (what reconcile applies,
+/// with the minimum consumer replicas).
+pub fn manifests_for(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut cc: CouponCampaign =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if cc.metadata.namespace.is_none() {
+        cc.metadata.namespace = Some("default".into());
+    }
+    let docs = [
+        serde_yaml::to_string(&api_deployment(&cc)),
+        serde_yaml::to_string(&api_service(&cc)),
+        serde_yaml::to_string(&consumer_deployment(&cc, cc.spec.consumers.min_replicas)),
+        serde_yaml::to_string(&disruption_budget(&cc, Component::Api)),
+        serde_yaml::to_string(&disruption_budget(&cc, Component::Consumer)),
+    ];
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&doc.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}

@@ -36,6 +36,11 @@ enum Command {
     Crdgen,
     /// Reconcile CouponCampaigns (the default), in-cluster or from the kubeconfig.
     Run,
+    /// Print the child objects the operator would apply for a campaign manifest.
+    Manifests {
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +55,16 @@ async fn main() -> ExitCode {
             print!("{}", coupon_operator::crd::crd_yaml());
             ExitCode::SUCCESS
         }
+        Command::Manifests { file } => match coupon_operator::children::manifests_for(&file) {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coupon-operator: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run => {
             init_logging(log_format);
             match run(health_listen).await {
