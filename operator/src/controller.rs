@@ -186,6 +186,20 @@ impl CouponCampaign {
         ))
     }
 
+    /// Redis restarted without persistence (or lost keys): the catalog or a coupon's hash is gone.
+    async fn gate_lost(&self, be: &Connected) -> Result<bool, Error> {
+        let name = self.name_any();
+        if be.gate.catalog(&name).await?.is_none() {
+            return Ok(true);
+        }
+        for (coupon, _) in be.ledger.coupon_quantities(&name).await? {
+            if be.gate.snapshot(&name, coupon).await?.is_none() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
         let name = self.name_any();
         let ns = self.namespace().unwrap_or_else(|| "default".into());
@@ -201,7 +215,7 @@ impl CouponCampaign {
         let topic = campaign.topic();
 
         // Provision when the spec changed, or when the gate lost the campaign (Redis restarted).
-        let gate_lost = be.gate.catalog(&name).await?.is_none();
+        let gate_lost = self.gate_lost(&be).await?;
         let spec_changed = old.observed_generation != generation;
         let mut degraded = None;
         if spec_changed || gate_lost {

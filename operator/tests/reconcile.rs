@@ -280,3 +280,64 @@ async fn deletion_runs_cleanup_and_removes_the_finalizer() {
     );
     assert!(gate.snapshot(&name, 1).await.expect("snapshot").is_none());
 }
+
+/// Redis loses a coupon: the operator sees it, rebuilds stock and holders from the drained
+/// ledger, and the campaign is Live again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_gate_is_rebuilt_from_the_ledger() {
+    use coupon_core::gate::StockGate;
+    let name = coupon_e2e::unique("op-lost");
+    let api = cluster(&name, spec(1, json!({})));
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
+        .await
+        .expect("redis");
+    let ledger = coupon_core::ledger::Ledger::connect(&coupon_e2e::postgres_url(), 1)
+        .await
+        .expect("ledger");
+    // Two coupons issued and in the ledger (the topic is empty, so it is drained).
+    let events: Vec<_> = (1..=2u64)
+        .map(|u| IssuanceEvent::new(uuid::Uuid::now_v7(), &name, 2, u, chrono::Utc::now()))
+        .collect();
+    for e in &events {
+        assert_eq!(
+            gate.reserve(&name, 2, e.user_id, e.request_id)
+                .await
+                .expect("reserve"),
+            coupon_core::gate::Decision::Reserved
+        );
+    }
+    ledger.record_batch(&name, &events).await.expect("recorded");
+    let mut conn = gate.connection();
+    let _: () = redis::cmd("DEL")
+        .arg(coupon_core::gate::coupon_key(&name, 2))
+        .arg(coupon_core::gate::holders_key(&name, 2))
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    api.take_writes();
+    run(&api, &ctx, &name).await;
+    let writes = api.take_writes();
+    assert!(
+        writes.contains(&"EVENT Provisioned".to_string()),
+        "{writes:?}"
+    );
+    let snap = gate
+        .snapshot(&name, 2)
+        .await
+        .expect("snapshot")
+        .expect("rebuilt");
+    assert_eq!((snap.remaining, snap.holders), (8, 2));
+    assert_eq!(
+        gate.holder(&name, 2, 1).await.expect("holder"),
+        Some(events[0].request_id)
+    );
+    let status = api.get(&cc_path(&name))["status"].clone();
+    assert_eq!(status["phase"], "Live");
+    assert_eq!(
+        (status["issued"].as_i64(), status["remaining"].as_i64()),
+        (Some(2), Some(28))
+    );
+}
