@@ -65,6 +65,16 @@ async fn run(api: &FakeApi, ctx: &Arc<Context>, name: &str) {
         .expect("reconcile");
 }
 
+/// A cluster whose campaign has been reconciled twice (finalizer, then everything), writes cleared.
+async fn provisioned(name: &str, spec: Value) -> (FakeApi, Arc<Context>) {
+    let api = cluster(name, spec);
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, name).await;
+    run(&api, &ctx, name).await;
+    api.take_writes();
+    (api, ctx)
+}
+
 fn spec(partitions: i32, extra: Value) -> Value {
     let mut s = json!({"topic": {"partitions": partitions}, "coupons": [{"ids": "1-3", "name": "c{id}", "discount": 100, "quantity": 10}]});
     if let (Some(s), Some(e)) = (s.as_object_mut(), extra.as_object()) {
@@ -148,11 +158,7 @@ async fn first_reconcile_creates_everything_and_an_unchanged_campaign_writes_not
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_decrease_sets_a_condition_and_leaves_the_topic() {
     let name = coupon_e2e::unique("op-shrink");
-    let api = cluster(&name, spec(3, json!({})));
-    let ctx = Arc::new(Context::new(api.client()));
-    run(&api, &ctx, &name).await;
-    run(&api, &ctx, &name).await;
-    api.take_writes();
+    let (api, ctx) = provisioned(&name, spec(3, json!({}))).await;
     let mut cc = api.get(&cc_path(&name));
     cc["spec"]["topic"]["partitions"] = json!(2);
     cc["metadata"]["generation"] = json!(2);
@@ -192,17 +198,14 @@ async fn a_partition_decrease_sets_a_condition_and_leaves_the_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_scales_the_consumer_deployment() {
     let name = coupon_e2e::unique("op-scale");
-    let api = cluster(
+    let (api, ctx) = provisioned(
         &name,
         spec(
             3,
             json!({"consumers": {"minReplicas": 1, "maxReplicas": 5, "targetLagPerReplica": 10}}),
         ),
-    );
-    let ctx = Arc::new(Context::new(api.client()));
-    run(&api, &ctx, &name).await;
-    run(&api, &ctx, &name).await;
-    api.take_writes();
+    )
+    .await;
     // 25 events and nobody consuming: ceil(25 / 10) = 3, which is also the partition count.
     let publisher = Publisher::new(
         &coupon_e2e::kafka_brokers(),
@@ -248,16 +251,12 @@ async fn lag_scales_the_consumer_deployment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_runs_cleanup_and_removes_the_finalizer() {
     let name = coupon_e2e::unique("op-del");
-    let api = cluster(&name, spec(1, json!({"deletionPolicy": "Delete"})));
-    let ctx = Arc::new(Context::new(api.client()));
-    run(&api, &ctx, &name).await;
-    run(&api, &ctx, &name).await;
+    let (api, ctx) = provisioned(&name, spec(1, json!({"deletionPolicy": "Delete"}))).await;
     let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
         .await
         .expect("redis");
     use coupon_core::gate::StockGate;
     assert!(gate.catalog(&name).await.expect("catalog").is_some());
-    api.take_writes();
     let mut cc = api.get(&cc_path(&name));
     cc["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:00:00Z");
     api.put(&cc_path(&name), cc);
@@ -287,10 +286,7 @@ async fn deletion_runs_cleanup_and_removes_the_finalizer() {
 async fn a_lost_gate_is_rebuilt_from_the_ledger() {
     use coupon_core::gate::StockGate;
     let name = coupon_e2e::unique("op-lost");
-    let api = cluster(&name, spec(1, json!({})));
-    let ctx = Arc::new(Context::new(api.client()));
-    run(&api, &ctx, &name).await;
-    run(&api, &ctx, &name).await;
+    let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
     let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
         .await
         .expect("redis");
@@ -317,7 +313,6 @@ async fn a_lost_gate_is_rebuilt_from_the_ledger() {
         .query_async(&mut conn)
         .await
         .expect("del");
-    api.take_writes();
     run(&api, &ctx, &name).await;
     let writes = api.take_writes();
     assert!(
