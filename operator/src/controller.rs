@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,6 +47,8 @@ pub enum Error {
     Core(#[from] coupon_core::Error),
     #[error("secret {0}: {1}")]
     Secret(String, String),
+    #[error("cannot serialize {0}: {1}")]
+    Serialize(String, String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -57,9 +59,17 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::Core(e) => e.label(),
             Self::Secret(..) => "secret",
+            Self::Serialize(..) => "serialize",
             Self::Finalizer(_) => "finalizer",
         }
     }
+}
+
+/// What [`CouponCampaign::read_books`] found.
+struct Books {
+    books: Vec<coupon_core::ledger::CouponBook>,
+    remaining: i64,
+    lost: bool,
 }
 
 /// Connected backends, reused across reconciles of campaigns that share them.
@@ -76,6 +86,8 @@ pub struct Context {
     backends: tokio::sync::Mutex<HashMap<(String, String, String), Connected>>,
     /// Autoscaler recommendations per campaign, for the scale-down window.
     history: Mutex<HashMap<String, Vec<Recommendation>>>,
+    /// One lag-reading Kafka client per (brokers, group), kept across reconciles.
+    probes: Mutex<HashMap<(String, String), LagProbe>>,
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
     pub metrics: crate::metrics::Metrics,
@@ -91,6 +103,7 @@ impl Context {
             },
             backends: tokio::sync::Mutex::new(HashMap::new()),
             history: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
             period: Duration::from_secs(5),
             metrics: crate::metrics::Metrics::default(),
         }
@@ -109,6 +122,17 @@ impl Context {
         };
         cache.insert(urls, connected.clone());
         Ok(connected)
+    }
+
+    fn lag_probe(&self, brokers: &str, group: &str) -> Result<LagProbe, Error> {
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (brokers.to_string(), group.to_string());
+        if let Some(p) = probes.get(&key) {
+            return Ok(p.clone());
+        }
+        let probe = LagProbe::new(brokers, group)?;
+        probes.insert(key, probe.clone());
+        Ok(probe)
     }
 }
 
@@ -186,18 +210,24 @@ impl CouponCampaign {
         ))
     }
 
-    /// Redis restarted without persistence (or lost keys): the catalog or a coupon's hash is gone.
-    async fn gate_lost(&self, be: &Connected) -> Result<bool, Error> {
+    /// The ledger's books and the gate's stock left over them, in one pass; `lost` when Redis
+    /// no longer has the catalog or some coupon (restarted without persistence, keys gone).
+    async fn read_books(&self, be: &Connected) -> Result<Books, Error> {
         let name = self.name_any();
-        if be.gate.catalog(&name).await?.is_none() {
-            return Ok(true);
-        }
-        for (coupon, _) in be.ledger.coupon_quantities(&name).await? {
-            if be.gate.snapshot(&name, coupon).await?.is_none() {
-                return Ok(true);
+        let books = be.ledger.books(&name).await?;
+        let mut lost = be.gate.catalog(&name).await?.is_none();
+        let mut remaining = 0;
+        for b in &books {
+            match be.gate.snapshot(&name, b.coupon_id).await? {
+                Some(s) => remaining += s.remaining,
+                None => lost = true,
             }
         }
-        Ok(false)
+        Ok(Books {
+            books,
+            remaining,
+            lost,
+        })
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
@@ -215,10 +245,11 @@ impl CouponCampaign {
         let topic = campaign.topic();
 
         // Provision when the spec changed, or when the gate lost the campaign (Redis restarted).
-        let gate_lost = self.gate_lost(&be).await?;
+        let mut read = self.read_books(&be).await?;
         let spec_changed = old.observed_generation != generation;
         let mut degraded = None;
-        if spec_changed || gate_lost {
+        let provisioning = spec_changed || read.lost;
+        if provisioning {
             let admin = KafkaAdmin::new(&be.brokers)?;
             let result = provision(
                 &campaign,
@@ -286,18 +317,16 @@ impl CouponCampaign {
         }
 
         // Lag, books and the scaling decision.
-        let lags = LagProbe::new(&be.brokers, &consumer_group(&name))?
+        let lags = ctx
+            .lag_probe(&be.brokers, &consumer_group(&name))?
             .lag(&topic)
             .await?;
-        let books = be.ledger.books(&name).await?;
-        let mut remaining = 0;
-        for b in &books {
-            remaining += be
-                .gate
-                .snapshot(&name, b.coupon_id)
-                .await?
-                .map_or(0, |s| s.remaining);
+        if provisioning {
+            read = self.read_books(&be).await?;
         }
+        let Books {
+            books, remaining, ..
+        } = read;
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let consumer_name = children::name(self, Component::Consumer);
         let live_consumer = deployments.get_opt(&consumer_name).await?;
@@ -317,10 +346,7 @@ impl CouponCampaign {
             scale_down_stabilization: chrono::Duration::seconds(c.scale_down_stabilization_seconds),
         };
         let decision = {
-            let mut history = ctx
-                .history
-                .lock()
-                .map_err(|_| Error::Secret(name.clone(), "history lock".into()))?;
+            let mut history = ctx.history.lock().unwrap_or_else(PoisonError::into_inner);
             let h = history.entry(format!("{ns}/{name}")).or_default();
             let since = now - policy.scale_down_stabilization;
             h.retain(|(at, _)| *at > since);
@@ -576,7 +602,7 @@ where
         .get_or_insert_with(BTreeMap::new)
         .insert(HASH_ANNOTATION.into(), hash);
     let mut value =
-        serde_json::to_value(&obj).map_err(|e| Error::Secret(name.clone(), e.to_string()))?;
+        serde_json::to_value(&obj).map_err(|e| Error::Serialize(name.clone(), e.to_string()))?;
     if let Some(map) = value.as_object_mut() {
         map.insert(
             "apiVersion".into(),
