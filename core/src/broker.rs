@@ -173,10 +173,6 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(timeout);
     }
-
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
-    }
 }
 
 /// What happened to the topic.

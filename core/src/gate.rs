@@ -431,13 +431,6 @@ impl MemoryGate {
         Ok(f(&mut guard))
     }
 
-    /// Forgets one coupon, as a Redis restart without persistence would.
-    pub fn forget(&self, campaign: &str, coupon: CouponId) -> Result<()> {
-        self.with(|s| {
-            s.coupons.remove(&(campaign.to_string(), coupon));
-        })
-    }
-
     /// The reservation decision at `now_ms`; the Redis script reads the time from Redis.
     pub fn reserve_at(
         &self,

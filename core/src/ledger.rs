@@ -156,13 +156,6 @@ impl Ledger {
         }
     }
 
-    pub async fn ping(&self) -> Result<()> {
-        on_pool!(self, pool => {
-            sqlx::query("SELECT 1").execute(pool).await?;
-        });
-        Ok(())
-    }
-
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
     }
