@@ -5,8 +5,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 env_lines="$(scripts/services.sh up)"
 eval "$env_lines"
 export REDIS_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL
-# The operator's schema test validates the CRD and its child objects offline with this tool.
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-    python3 -m pip install --quiet kubernetes-validate >&2
-fi
+# helm, kubernetes-validate and promtool for the chart, schema and alert tests.
+eval "$(scripts/tools.sh)"
+# The install and observability tests run the workspace's binaries (target/debug/coupon-*);
+# `cargo test` builds a package's binaries only for that package's own integration tests.
+cargo build --workspace --bins --locked
 exec cargo test --workspace --locked "$@"

@@ -18,7 +18,7 @@ step "provision examples/seed-campaign.yaml (idempotent: live stock is never res
 step "start coupon-api on $api and coupon-consumer"
 "$bin/coupon-api" --campaign "$campaign" --listen "$api" &
 api_pid=$!
-"$bin/coupon-consumer" --campaign "$campaign" --metrics-listen 127.0.0.1:${CONSUMER_METRICS_PORT:-9091} &
+"$bin/coupon-consumer" --campaign "$campaign" --metrics-listen "127.0.0.1:${CONSUMER_METRICS_PORT:-9091}" &
 consumer_pid=$!
 trap 'kill -TERM $api_pid $consumer_pid 2>/dev/null; wait $api_pid $consumer_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 60); do

@@ -53,6 +53,17 @@ impl ApiError {
         }
     }
 
+    /// Every [`code`](Self::code), so metrics can start each series at zero.
+    pub const CODES: [&'static str; 7] = [
+        "sold_out",
+        "already_issued",
+        "not_open",
+        "closed",
+        "unknown_coupon",
+        "invalid_request",
+        "unavailable",
+    ];
+
     /// The stable code clients and metrics see.
     pub fn code(&self) -> &'static str {
         match self {
@@ -96,5 +107,28 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_list_every_refusal() {
+        let all = [
+            ApiError::SoldOut(1),
+            ApiError::AlreadyIssued {
+                coupon: 1,
+                request_id: Uuid::nil(),
+            },
+            ApiError::NotOpen,
+            ApiError::Closed,
+            ApiError::UnknownCoupon(String::new()),
+            ApiError::invalid(""),
+            ApiError::unavailable(""),
+        ];
+        let codes: Vec<_> = all.iter().map(ApiError::code).collect();
+        assert_eq!(codes, ApiError::CODES);
     }
 }

@@ -75,6 +75,14 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registered once");
         }
+        // Every outcome exists from the start, so rate() sees the first refusal of each kind.
+        for outcome in std::iter::once("accepted").chain(crate::error::ApiError::CODES) {
+            requests.with_label_values(&[outcome]);
+            latency.with_label_values(&[outcome]);
+        }
+        for kind in coupon_core::broker::PublishFailure::LABELS {
+            publish_failures.with_label_values(&[kind]);
+        }
         Self {
             registry,
             requests,

@@ -88,6 +88,13 @@ impl Metrics {
         ] {
             m.registry.register(c).expect("metric registered once");
         }
+        // Every series exists from the start, so rate() and increase() see the first event.
+        for result in ["inserted", "redelivered", "dead_lettered"] {
+            m.events.with_label_values(&[result]);
+        }
+        for reason in coupon_core::event::PoisonReason::LABELS {
+            m.dead_letters.with_label_values(&[reason]);
+        }
         m
     }
 

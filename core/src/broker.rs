@@ -102,6 +102,9 @@ impl PublishFailure {
         }
     }
 
+    /// Every [`label`](Self::label), so metrics can start each series at zero.
+    pub const LABELS: [&'static str; 2] = ["refused", "unknown"];
+
     pub fn label(&self) -> &'static str {
         match self {
             Self::Refused(_) => "refused",

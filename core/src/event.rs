@@ -95,6 +95,16 @@ pub enum PoisonReason {
 }
 
 impl PoisonReason {
+    /// Every [`label`](Self::label), so metrics can start each series at zero.
+    pub const LABELS: [&'static str; 6] = [
+        "malformed",
+        "unsupported_version",
+        "wrong_campaign",
+        "unknown_coupon",
+        "over_issue",
+        "duplicate_user",
+    ];
+
     pub fn label(&self) -> &'static str {
         match self {
             Self::Malformed(_) => "malformed",
@@ -127,5 +137,19 @@ mod tests {
             IssuanceEvent::decode(&e.encode(), "other"),
             Err(PoisonReason::WrongCampaign("seed".into()))
         );
+    }
+
+    #[test]
+    fn labels_list_every_reason() {
+        let all = [
+            PoisonReason::Malformed(String::new()),
+            PoisonReason::UnsupportedVersion(None),
+            PoisonReason::WrongCampaign(String::new()),
+            PoisonReason::UnknownCoupon,
+            PoisonReason::OverIssue,
+            PoisonReason::DuplicateUser(Uuid::nil()),
+        ];
+        let labels: Vec<_> = all.iter().map(PoisonReason::label).collect();
+        assert_eq!(labels, PoisonReason::LABELS);
     }
 }

@@ -113,11 +113,15 @@ fn http_probe(path: &str, port: i32) -> Probe {
     }
 }
 
-fn deployment(cc: &CouponCampaign, c: Component, replicas: i32) -> Deployment {
+/// The image a workload runs when the campaign does not name one: the operator's own release.
+pub const DEFAULT_WORKLOAD_IMAGE: &str =
+    concat!("ghcr.io/fcfs-coupons/coupon:", env!("CARGO_PKG_VERSION"));
+
+fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> Deployment {
     let conn = &cc.spec.connections;
     let (image, resources, port, env, readiness) = match c {
         Component::Api => (
-            cc.spec.api.image.clone(),
+            cc.spec.api.image.as_deref().unwrap_or(image).to_string(),
             cc.spec.api.resources.clone(),
             API_PORT,
             vec![
@@ -131,8 +135,10 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32) -> Deployment {
             cc.spec
                 .consumers
                 .image
-                .clone()
-                .unwrap_or_else(|| cc.spec.api.image.clone()),
+                .as_deref()
+                .or(cc.spec.api.image.as_deref())
+                .unwrap_or(image)
+                .to_string(),
             cc.spec.consumers.resources.clone(),
             CONSUMER_METRICS_PORT,
             vec![
@@ -206,13 +212,14 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32) -> Deployment {
     }
 }
 
-pub fn api_deployment(cc: &CouponCampaign) -> Deployment {
-    deployment(cc, Component::Api, cc.spec.api.replicas)
+/// `image` is the default for a campaign that names none.
+pub fn api_deployment(cc: &CouponCampaign, image: &str) -> Deployment {
+    deployment(cc, Component::Api, cc.spec.api.replicas, image)
 }
 
 /// The consumer Deployment with the autoscaler's replica count.
-pub fn consumer_deployment(cc: &CouponCampaign, replicas: i32) -> Deployment {
-    deployment(cc, Component::Consumer, replicas)
+pub fn consumer_deployment(cc: &CouponCampaign, replicas: i32, image: &str) -> Deployment {
+    deployment(cc, Component::Consumer, replicas, image)
 }
 
 pub fn api_service(cc: &CouponCampaign) -> Service {
@@ -251,7 +258,7 @@ pub fn disruption_budget(cc: &CouponCampaign, c: Component) -> PodDisruptionBudg
 
 /// Every child of the campaign in `path`, as one multi-document YAML (what reconcile applies,
 /// with the minimum consumer replicas).
-pub fn manifests_for(path: &std::path::Path) -> Result<String, String> {
+pub fn manifests_for(path: &std::path::Path, image: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut cc: CouponCampaign =
@@ -260,9 +267,13 @@ pub fn manifests_for(path: &std::path::Path) -> Result<String, String> {
         cc.metadata.namespace = Some("default".into());
     }
     let docs = [
-        serde_yaml::to_string(&api_deployment(&cc)),
+        serde_yaml::to_string(&api_deployment(&cc, image)),
         serde_yaml::to_string(&api_service(&cc)),
-        serde_yaml::to_string(&consumer_deployment(&cc, cc.spec.consumers.min_replicas)),
+        serde_yaml::to_string(&consumer_deployment(
+            &cc,
+            cc.spec.consumers.min_replicas,
+            image,
+        )),
         serde_yaml::to_string(&disruption_budget(&cc, Component::Api)),
         serde_yaml::to_string(&disruption_budget(&cc, Component::Consumer)),
     ];
@@ -272,4 +283,48 @@ pub fn manifests_for(path: &std::path::Path) -> Result<String, String> {
         out.push_str(&doc.map_err(|e| e.to_string())?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(d: &Deployment) -> Option<String> {
+        d.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .image
+            .clone()
+    }
+
+    #[test]
+    fn workloads_run_the_operator_image_unless_the_campaign_names_one() {
+        let mut cc = CouponCampaign::new(
+            "c",
+            serde_json::from_value(serde_json::json!({
+                "coupons": [{"ids": "1", "name": "c", "discount": 1, "quantity": 1}]
+            }))
+            .expect("spec"),
+        );
+        assert_eq!(
+            image(&api_deployment(&cc, "chart:1")).as_deref(),
+            Some("chart:1")
+        );
+        assert_eq!(
+            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            Some("chart:1")
+        );
+        cc.spec.api.image = Some("own:2".into());
+        assert_eq!(
+            image(&api_deployment(&cc, "chart:1")).as_deref(),
+            Some("own:2")
+        );
+        assert_eq!(
+            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            Some("own:2")
+        );
+        cc.spec.consumers.image = Some("consumer:3".into());
+        assert_eq!(
+            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            Some("consumer:3")
+        );
+    }
 }

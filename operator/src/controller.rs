@@ -68,7 +68,8 @@ impl Error {
 /// What [`CouponCampaign::read_books`] found.
 struct Books {
     books: Vec<coupon_core::ledger::CouponBook>,
-    remaining: i64,
+    /// The gate's remaining stock per coupon, in `books` order (`None`: the key is gone).
+    gate: Vec<Option<i64>>,
     lost: bool,
 }
 
@@ -91,6 +92,8 @@ pub struct Context {
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
     pub metrics: crate::metrics::Metrics,
+    /// Image of workloads whose campaign names none.
+    pub workload_image: String,
 }
 
 impl Context {
@@ -106,7 +109,13 @@ impl Context {
             probes: Mutex::new(HashMap::new()),
             period: Duration::from_secs(5),
             metrics: crate::metrics::Metrics::default(),
+            workload_image: children::DEFAULT_WORKLOAD_IMAGE.into(),
         }
+    }
+
+    pub fn with_workload_image(mut self, image: String) -> Self {
+        self.workload_image = image;
+        self
     }
 
     async fn connect(&self, urls: (String, String, String)) -> Result<Connected, Error> {
@@ -216,18 +225,17 @@ impl CouponCampaign {
         let name = self.name_any();
         let books = be.ledger.books(&name).await?;
         let mut lost = be.gate.catalog(&name).await?.is_none();
-        let mut remaining = 0;
+        let mut gate = Vec::with_capacity(books.len());
         for b in &books {
-            match be.gate.snapshot(&name, b.coupon_id).await? {
-                Some(s) => remaining += s.remaining,
-                None => lost = true,
-            }
+            let left = be
+                .gate
+                .snapshot(&name, b.coupon_id)
+                .await?
+                .map(|s| s.remaining);
+            lost |= left.is_none();
+            gate.push(left);
         }
-        Ok(Books {
-            books,
-            remaining,
-            lost,
-        })
+        Ok(Books { books, gate, lost })
     }
 
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
@@ -324,9 +332,8 @@ impl CouponCampaign {
         if provisioning {
             read = self.read_books(&be).await?;
         }
-        let Books {
-            books, remaining, ..
-        } = read;
+        let Books { books, gate, .. } = read;
+        let remaining: i64 = gate.iter().flatten().sum();
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
         let consumer_name = children::name(self, Component::Consumer);
         let live_consumer = deployments.get_opt(&consumer_name).await?;
@@ -383,15 +390,41 @@ impl CouponCampaign {
         m.replicas_desired
             .with_label_values(&[name.as_str()])
             .set(i64::from(desired));
+        m.replicas_max
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(c.max_replicas));
+        // Redis and the ledger must agree once nothing is in flight; while events wait in the
+        // topic the difference is expected, so drift is only judged on a drained topic.
+        let drained = decision.total_lag == 0;
+        for (b, left) in books.iter().zip(&gate) {
+            let labels = [name.as_str(), &b.coupon_id.to_string()];
+            if let Some(left) = left {
+                m.stock_remaining.with_label_values(&labels).set(*left);
+            }
+            m.stock_quantity
+                .with_label_values(&labels)
+                .set(b.total_quantity);
+            m.issued.with_label_values(&labels).set(b.issued);
+            let drift = match left {
+                Some(left) if drained => b.remaining - left,
+                _ => 0,
+            };
+            m.drift.with_label_values(&labels).set(drift);
+        }
 
         // Children, written only when what we want differs from what we last wrote.
         let mut wrote = 0;
-        wrote += apply_child(&ctx.client, &ns, children::api_deployment(self)).await? as usize;
+        wrote += apply_child(
+            &ctx.client,
+            &ns,
+            children::api_deployment(self, &ctx.workload_image),
+        )
+        .await? as usize;
         wrote += apply_child(&ctx.client, &ns, children::api_service(self)).await? as usize;
         wrote += apply_child(
             &ctx.client,
             &ns,
-            children::consumer_deployment(self, desired),
+            children::consumer_deployment(self, desired, &ctx.workload_image),
         )
         .await? as usize;
         wrote += apply_child(
@@ -541,6 +574,15 @@ impl CouponCampaign {
                 format!("deletion policy Delete: {removed} Redis keys removed; ledger rows kept")
             }
         };
+        if let Ok(campaign) = Campaign::new(self.name_any(), self.spec.campaign.clone()) {
+            let coupons: Vec<String> = campaign
+                .coupons()
+                .iter()
+                .map(|c| c.id.to_string())
+                .collect();
+            ctx.metrics
+                .forget(&campaign.name, campaign.spec.topic.partitions, &coupons);
+        }
         let ev = Event {
             type_: EventType::Normal,
             reason: "Cleanup".into(),

@@ -89,8 +89,10 @@ pub struct ApiWorkload {
     #[serde(default = "default_api_replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
-    #[serde(default = "default_image")]
-    pub image: String,
+    /// Image holding the coupon binaries; unset follows the operator's `--workload-image`
+    /// (the chart's own image), so upgrading the chart upgrades the workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
 }
@@ -99,15 +101,11 @@ fn default_api_replicas() -> i32 {
     2
 }
 
-fn default_image() -> String {
-    "ghcr.io/fcfs-coupons/coupon:0.1.0".into()
-}
-
 impl Default for ApiWorkload {
     fn default() -> Self {
         Self {
             replicas: default_api_replicas(),
-            image: default_image(),
+            image: None,
             resources: None,
         }
     }

@@ -2,8 +2,6 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::get;
 use clap::{Parser, Subcommand};
 use coupon_core::config::{LogFormat, init_logging};
 use coupon_operator::controller::{Context, error_policy, reconcile};
@@ -28,6 +26,10 @@ struct Args {
     health_listen: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Image of the API and consumer workloads when a campaign names none (the chart passes
+    /// its own image).
+    #[arg(long, env = "WORKLOAD_IMAGE", default_value = coupon_operator::children::DEFAULT_WORKLOAD_IMAGE)]
+    workload_image: String,
 }
 
 #[derive(Subcommand)]
@@ -49,25 +51,28 @@ async fn main() -> ExitCode {
         command,
         health_listen,
         log_format,
+        workload_image,
     } = Args::parse();
     match command.unwrap_or(Command::Run) {
         Command::Crdgen => {
             print!("{}", coupon_operator::crd::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Manifests { file } => match coupon_operator::children::manifests_for(&file) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                ExitCode::SUCCESS
+        Command::Manifests { file } => {
+            match coupon_operator::children::manifests_for(&file, &workload_image) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("coupon-operator: {e}");
+                    ExitCode::from(2)
+                }
             }
-            Err(e) => {
-                eprintln!("coupon-operator: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Run => {
             init_logging(log_format);
-            match run(health_listen).await {
+            match run(health_listen, workload_image).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("coupon-operator: {e}");
@@ -78,18 +83,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(health_listen: SocketAddr) -> Result<(), String> {
+async fn run(health_listen: SocketAddr, workload_image: String) -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes API (in-cluster or kubeconfig): {e}"))?;
     let listener = tokio::net::TcpListener::bind(health_listen)
         .await
         .map_err(|e| format!("cannot listen on {health_listen}: {e}"))?;
-    let ctx = Arc::new(Context::new(client.clone()));
-    let metrics = ctx.metrics.clone();
-    let router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics.render() }));
+    let ctx = Arc::new(Context::new(client.clone()).with_workload_image(workload_image));
+    let router = ctx.metrics.router();
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
     });

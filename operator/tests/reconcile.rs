@@ -6,74 +6,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{FakeApi, NS};
+use common::{NS, cc_path, cluster, provisioned, run};
 use coupon_core::broker::{PublishTimeouts, Publisher, partition_count};
 use coupon_core::campaign::topic_name;
 use coupon_core::event::IssuanceEvent;
-use coupon_operator::controller::{Context, FINALIZER, reconcile};
-use coupon_operator::crd::CouponCampaign;
+use coupon_operator::controller::{Context, FINALIZER};
 use serde_json::{Value, json};
-
-fn cc_path(name: &str) -> String {
-    format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/{NS}/couponcampaigns/{name}")
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = s.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A fake cluster holding the connection Secret and one campaign.
-fn cluster(name: &str, spec: Value) -> FakeApi {
-    let api = FakeApi::default();
-    api.put(
-        &format!("/api/v1/namespaces/{NS}/secrets/coupon-backends"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "coupon-backends", "namespace": NS}, "data": {
-            "REDIS_URL": b64(&coupon_e2e::redis_url()),
-            "KAFKA_BROKERS": b64(&coupon_e2e::kafka_brokers()),
-            "DATABASE_URL": b64(&coupon_e2e::postgres_url()),
-        }}),
-    );
-    api.put(
-        &cc_path(name),
-        json!({"apiVersion": "coupons.fcfs.dev/v1alpha1", "kind": "CouponCampaign",
-               "metadata": {"name": name, "namespace": NS, "uid": "0c1d2e3f-0000-4000-8000-000000000001", "generation": 1, "finalizers": null},
-               "spec": spec}),
-    );
-    api
-}
-
-async fn run(api: &FakeApi, ctx: &Arc<Context>, name: &str) {
-    let cc: CouponCampaign = serde_json::from_value(api.get(&cc_path(name))).expect("campaign");
-    reconcile(Arc::new(cc), ctx.clone())
-        .await
-        .expect("reconcile");
-}
-
-/// A cluster whose campaign has been reconciled twice (finalizer, then everything), writes cleared.
-async fn provisioned(name: &str, spec: Value) -> (FakeApi, Arc<Context>) {
-    let api = cluster(name, spec);
-    let ctx = Arc::new(Context::new(api.client()));
-    run(&api, &ctx, name).await;
-    run(&api, &ctx, name).await;
-    api.take_writes();
-    (api, ctx)
-}
 
 fn spec(partitions: i32, extra: Value) -> Value {
     let mut s = json!({"topic": {"partitions": partitions}, "coupons": [{"ids": "1-3", "name": "c{id}", "discount": 100, "quantity": 10}]});
@@ -278,6 +216,11 @@ async fn deletion_runs_cleanup_and_removes_the_finalizer() {
         "Delete policy removed the Redis keys"
     );
     assert!(gate.snapshot(&name, 1).await.expect("snapshot").is_none());
+    let metrics = ctx.metrics.render();
+    assert!(
+        !metrics.contains(&format!("campaign=\"{name}\"")),
+        "a deleted campaign's series are dropped:\n{metrics}"
+    );
 }
 
 /// Redis loses a coupon: the operator sees it, rebuilds stock and holders from the drained
@@ -335,4 +278,93 @@ async fn a_lost_gate_is_rebuilt_from_the_ledger() {
         (status["issued"].as_i64(), status["remaining"].as_i64()),
         (Some(2), Some(28))
     );
+}
+
+/// Redis grants a coupon that never reaches the topic (a publish lost after the reserve): once
+/// the topic is drained the operator reports the difference per coupon, and 0 elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_between_redis_and_the_ledger_is_reported_per_coupon() {
+    use coupon_core::gate::StockGate;
+    let name = coupon_e2e::unique("op-drift");
+    let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
+    let m = ctx.metrics.render();
+    for coupon in 1..=3 {
+        for line in [
+            format!(
+                "coupon_operator_stock_remaining{{campaign=\"{name}\",coupon=\"{coupon}\"}} 10"
+            ),
+            format!("coupon_operator_stock_quantity{{campaign=\"{name}\",coupon=\"{coupon}\"}} 10"),
+            format!("coupon_operator_coupons_issued{{campaign=\"{name}\",coupon=\"{coupon}\"}} 0"),
+            format!("coupon_operator_stock_drift{{campaign=\"{name}\",coupon=\"{coupon}\"}} 0"),
+        ] {
+            assert!(m.contains(&line), "{line} not in\n{m}");
+        }
+    }
+    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
+        .await
+        .expect("redis");
+    gate.reserve(&name, 2, 77, uuid::Uuid::now_v7())
+        .await
+        .expect("reserve");
+    run(&api, &ctx, &name).await;
+    let m = ctx.metrics.render();
+    for line in [
+        format!("coupon_operator_stock_remaining{{campaign=\"{name}\",coupon=\"2\"}} 9"),
+        format!("coupon_operator_stock_drift{{campaign=\"{name}\",coupon=\"2\"}} 1"),
+        format!("coupon_operator_stock_drift{{campaign=\"{name}\",coupon=\"1\"}} 0"),
+        format!("coupon_operator_consumer_replicas_max{{campaign=\"{name}\"}} 6"),
+    ] {
+        assert!(m.contains(&line), "{line} not in\n{m}");
+    }
+}
+
+/// Least privilege: every call the operator makes in a campaign's life (leader election,
+/// provisioning, children, status, events, scaling, cleanup) is granted by the chart's RBAC, and
+/// the chart grants nothing else but the list/watch the controller's watches need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_rbac_grants_exactly_what_the_operator_calls() {
+    use coupon_operator::lease::LeaseLock;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let name = coupon_e2e::unique("op-rbac");
+    let api = cluster(
+        &name,
+        spec(
+            1,
+            json!({"deletionPolicy": "Delete", "consumers": {"targetLagPerReplica": 1}}),
+        ),
+    );
+    let lock = LeaseLock::new(
+        kube::Api::<Lease>::namespaced(api.client(), NS),
+        "coupon-operator",
+        "pod-a",
+        std::time::Duration::from_secs(15),
+    );
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(lock.try_acquire_or_renew(now).await.expect("acquire"));
+    assert!(lock.try_acquire_or_renew(now).await.expect("renew"));
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    let mut cc = api.get(&cc_path(&name));
+    cc["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:00:00Z");
+    api.put(&cc_path(&name), cc);
+    run(&api, &ctx, &name).await;
+
+    let grants = common::tools::chart_grants();
+    let used: std::collections::BTreeSet<_> = api.rbac_calls().into_iter().collect();
+    for call in &used {
+        assert!(grants.contains(call), "the chart does not grant {call:?}");
+    }
+    let watches = [
+        ("coupons.fcfs.dev", "couponcampaigns"),
+        ("apps", "deployments"),
+    ];
+    for g in &grants {
+        let watch =
+            (g.2 == "list" || g.2 == "watch") && watches.contains(&(g.0.as_str(), g.1.as_str()));
+        assert!(
+            watch || used.contains(g),
+            "the chart grants {g:?}, which the operator never calls"
+        );
+    }
 }

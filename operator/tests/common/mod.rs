@@ -7,10 +7,14 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use coupon_operator::controller::{Context, reconcile};
+use coupon_operator::crd::CouponCampaign;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use kube::Client;
 use serde_json::{Value, json};
+
+pub mod tools;
 
 pub const NS: &str = "default";
 
@@ -22,6 +26,8 @@ fn conflict(what: &str) -> Value {
 pub struct Store {
     objects: BTreeMap<String, Value>,
     log: Vec<(Method, String, Value)>,
+    /// Every request ever made, as (method, path?query); never cleared.
+    calls: Vec<(Method, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -40,6 +46,7 @@ impl FakeApi {
     async fn handle(&self, req: Request<kube::client::Body>) -> Response<Full<Bytes>> {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
         let content_type = req
             .headers()
             .get("content-type")
@@ -55,6 +62,9 @@ impl FakeApi {
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let mut store = self.0.lock().expect("store");
         store.log.push((method.clone(), path.clone(), body.clone()));
+        store
+            .calls
+            .push((method.clone(), format!("{path}?{query}")));
         let reply = |code: StatusCode, v: &Value| {
             Response::builder()
                 .status(code)
@@ -139,6 +149,46 @@ impl FakeApi {
             .unwrap_or(Value::Null)
     }
 
+    /// Every request so far as `(apiGroup, resource[/subresource], verb)`, the terms of RBAC.
+    pub fn rbac_calls(&self) -> Vec<(String, String, String)> {
+        let store = self.0.lock().expect("store");
+        store
+            .calls
+            .iter()
+            .map(|(method, url)| {
+                let (path, query) = url.split_once('?').unwrap_or((url, ""));
+                let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+                // /api/v1/... is the core group; /apis/{group}/{version}/... the others.
+                let (group, rest) = if parts.first() == Some(&"api") {
+                    ("", &parts[2..])
+                } else {
+                    (parts[1], &parts[3..])
+                };
+                let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+                    &rest[2..]
+                } else {
+                    rest
+                };
+                let resource = match rest.get(2) {
+                    Some(sub) => format!("{}/{sub}", rest[0]),
+                    None => rest[0].to_string(),
+                };
+                let named = rest.len() > 1;
+                let verb = match *method {
+                    Method::GET if query.contains("watch=true") => "watch",
+                    Method::GET if named => "get",
+                    Method::GET => "list",
+                    Method::POST => "create",
+                    Method::PUT => "update",
+                    Method::PATCH => "patch",
+                    Method::DELETE => "delete",
+                    _ => "unknown",
+                };
+                (group.to_string(), resource, verb.to_string())
+            })
+            .collect()
+    }
+
     /// The writes since the last call: (method, path), events collapsed to their reason.
     pub fn take_writes(&self) -> Vec<String> {
         let mut store = self.0.lock().expect("store");
@@ -154,4 +204,67 @@ impl FakeApi {
             })
             .collect()
     }
+}
+
+// A fake cluster with one campaign whose connection Secret points at the real services.
+
+pub fn cc_path(name: &str) -> String {
+    format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/{NS}/couponcampaigns/{name}")
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A fake cluster holding the connection Secret and one campaign.
+pub fn cluster(name: &str, spec: Value) -> FakeApi {
+    let api = FakeApi::default();
+    api.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/coupon-backends"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "coupon-backends", "namespace": NS}, "data": {
+            "REDIS_URL": b64(&coupon_e2e::redis_url()),
+            "KAFKA_BROKERS": b64(&coupon_e2e::kafka_brokers()),
+            "DATABASE_URL": b64(&coupon_e2e::postgres_url()),
+        }}),
+    );
+    api.put(
+        &cc_path(name),
+        json!({"apiVersion": "coupons.fcfs.dev/v1alpha1", "kind": "CouponCampaign",
+               "metadata": {"name": name, "namespace": NS, "uid": "0c1d2e3f-0000-4000-8000-000000000001", "generation": 1, "finalizers": null},
+               "spec": spec}),
+    );
+    api
+}
+
+pub async fn run(api: &FakeApi, ctx: &Arc<Context>, name: &str) {
+    let cc: CouponCampaign = serde_json::from_value(api.get(&cc_path(name))).expect("campaign");
+    reconcile(Arc::new(cc), ctx.clone())
+        .await
+        .expect("reconcile");
+}
+
+/// A cluster whose campaign has been reconciled twice (finalizer, then everything), writes cleared.
+pub async fn provisioned(name: &str, spec: Value) -> (FakeApi, Arc<Context>) {
+    let api = cluster(name, spec);
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, name).await;
+    run(&api, &ctx, name).await;
+    api.take_writes();
+    (api, ctx)
 }
