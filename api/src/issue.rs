@@ -6,7 +6,7 @@ use chrono::Utc;
 use coupon_core::broker::{PublishFailure, Publisher};
 use coupon_core::campaign::CouponId;
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{Decision, Pending, StockGate};
+use coupon_core::gate::{Decision, StockGate};
 use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -104,7 +104,8 @@ impl Issuer {
         });
     }
 
-    /// The broker did not acknowledge: undo a certain refusal at once, park an unknown one.
+    /// The broker did not acknowledge: undo a certain refusal at once, leave an unknown one to
+    /// settlement.
     async fn compensate(
         &self,
         e: &IssuanceEvent,
@@ -129,19 +130,12 @@ impl Issuer {
                     ));
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "release failed; parking for reconciliation")
+                    tracing::error!(error = %err, "release failed; settlement will release it")
                 }
             }
         }
-        let pending = Pending {
-            request_id: e.request_id,
-            coupon: e.coupon_id,
-            user: e.user_id,
-            at_ms: Utc::now().timestamp_millis(),
-        };
-        if let Err(err) = self.gate.add_pending(&self.campaign, &pending).await {
-            tracing::error!(error = %err, request_id = %e.request_id, "could not park an unknown reservation");
-        }
+        // Unknown: the reservation stays in the gate's unsettled set; settlement keeps it if
+        // the event reached the ledger and releases it otherwise.
         ApiError::Unavailable {
             reason: "the broker did not confirm in time; retry with the same Idempotency-Key, or check the request id later".into(),
             request_id: Some(e.request_id),

@@ -9,6 +9,7 @@ pub mod request;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use coupon_core::config::BackendArgs;
 use coupon_core::gate::{RedisGate, StockGate};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
 use crate::issue::Issuer;
@@ -40,6 +42,10 @@ struct Inner {
     issuer: Issuer,
     /// Coupon id → quantity as provisioned; `None` until read (or when Redis lost it).
     catalog: RwLock<Option<HashMap<CouponId, i64>>>,
+    /// Issue requests run here, detached from their connection, so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Set on shutdown: `/readyz` answers 503 so no new traffic is routed here.
+    draining: AtomicBool,
 }
 
 impl AppState {
@@ -52,7 +58,23 @@ impl AppState {
                 metrics: Metrics::new(campaign),
             },
             catalog: RwLock::new(None),
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
         }))
+    }
+
+    /// Readiness goes false; requests are still served.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits (at most `within`) for every issue request to reach its end, even those whose
+    /// client is gone; false when some were still running.
+    pub async fn finish_requests(&self, within: Duration) -> bool {
+        self.0.tasks.close();
+        tokio::time::timeout(within, self.0.tasks.wait())
+            .await
+            .is_ok()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -117,36 +139,87 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Once the gate may reserve, the outcome must be decided and recorded even if the client
+/// hangs up (a dropped connection drops this handler's future): the request runs to its end as
+/// its own task, and the handler only waits for the answer.
 async fn issue(
     State(state): State<AppState>,
     Path(coupon): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let m = state.metrics();
-    m.in_flight.inc();
-    let started = Instant::now();
-    let result = async {
-        let req = IssueRequest::parse(&coupon, &headers, body)?;
-        if state.known(req.coupon)?.is_none() {
-            return Err(ApiError::UnknownCoupon(req.coupon.to_string()));
+    let mut waiting = ClientWaiting(Some(state.metrics().client_gone.clone()));
+    let task = state.clone();
+    let answer = state
+        .0
+        .tasks
+        .spawn(async move { task.issue_to_end(&coupon, &headers, body).await })
+        .await;
+    waiting.0 = None;
+    answer.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "issue task failed");
+        ApiError::unavailable("internal error; retry shortly").into_response()
+    })
+}
+
+/// Counts handlers dropped before their answer was ready (the client hung up).
+struct ClientWaiting(Option<prometheus::IntCounter>);
+
+impl Drop for ClientWaiting {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.inc();
         }
-        state.0.issuer.issue(&req).await
     }
-    .await;
-    let (outcome, response) = match result {
-        Ok(accepted) => (
-            "accepted",
-            (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-        ),
-        Err(e) => (e.code(), e.into_response()),
-    };
-    m.requests.with_label_values(&[outcome]).inc();
-    m.latency
-        .with_label_values(&[outcome])
-        .observe(started.elapsed().as_secs_f64());
-    m.in_flight.dec();
-    response
+}
+
+/// Decrements the in-flight gauge on every path, a panic included.
+struct InFlight(prometheus::IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl AppState {
+    async fn issue_to_end(
+        &self,
+        coupon: &str,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Response {
+        let m = self.metrics();
+        let _in_flight = InFlight::enter(&m.in_flight);
+        let started = Instant::now();
+        let result = async {
+            let req = IssueRequest::parse(coupon, headers, body)?;
+            if self.known(req.coupon)?.is_none() {
+                return Err(ApiError::UnknownCoupon(req.coupon.to_string()));
+            }
+            self.0.issuer.issue(&req).await
+        }
+        .await;
+        let (outcome, response) = match result {
+            Ok(accepted) => (
+                "accepted",
+                (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+            ),
+            Err(e) => (e.code(), e.into_response()),
+        };
+        m.requests.with_label_values(&[outcome]).inc();
+        m.latency
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -178,6 +251,9 @@ async fn coupon(
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.0.draining.load(Ordering::SeqCst) {
+        return ApiError::unavailable("shutting down").into_response();
+    }
     let issuer = &state.0.issuer;
     let redis = issuer.gate.ping().await.map_err(|e| format!("redis: {e}"));
     let kafka = issuer
@@ -194,6 +270,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics()
+        .producer_recreated
+        .set(state.0.issuer.publisher.recreated() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics().render(),
@@ -201,15 +281,29 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
+/// Serves until `shutdown` resolves; then readiness goes false, the listener stays open for
+/// `drain_delay` (load balancers stop routing here), new connections are refused, and every
+/// request in flight (those whose client left included) runs to its end, within `finish_within`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    drain_delay: Duration,
+    finish_within: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let draining = state.clone();
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.start_draining();
+            tracing::info!(?drain_delay, "draining: readiness is false");
+            tokio::time::sleep(drain_delay).await;
+        })
+        .await?;
+    if !state.finish_requests(finish_within).await {
+        tracing::warn!(?finish_within, "requests still running at shutdown; settlement will settle them");
+    }
+    Ok(())
 }
 
 /// Everything the API binary is configured with.
@@ -220,6 +314,8 @@ pub struct ApiConfig {
     pub topic: Option<String>,
     pub listen: SocketAddr,
     pub timeouts: PublishTimeouts,
+    /// How long readiness is false before the listener closes, on shutdown.
+    pub drain_delay: Duration,
 }
 
 /// Connects to Redis and Kafka (failing fast with a clear message), then serves.
@@ -252,7 +348,9 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, "coupon-api serving");
-    serve(listener, state, shutdown)
+    // A request ends within its publish deadline; a second more covers the gate's answer.
+    let finish_within = cfg.timeouts.message + Duration::from_secs(1);
+    serve(listener, state, shutdown, cfg.drain_delay, finish_within)
         .await
         .map_err(|e| format!("server error: {e}"))?;
     publisher.flush(Duration::from_secs(5));

@@ -25,6 +25,10 @@ struct Args {
     /// Deadline for the broker's acknowledgement, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     publish_timeout_ms: u64,
+    /// On SIGTERM, how long readiness is false while still serving, before the listener closes
+    /// (0 when the pod's preStop pause already lets endpoints drain).
+    #[arg(long, env = "DRAIN_DELAY_MS", default_value_t = 0)]
+    drain_delay_ms: u64,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -38,6 +42,7 @@ async fn main() -> ExitCode {
         topic,
         listen,
         publish_timeout_ms,
+        drain_delay_ms,
         log_format,
     } = Args::parse();
     init_logging(log_format);
@@ -51,6 +56,7 @@ async fn main() -> ExitCode {
             message,
             request: message.mul_f32(0.8),
         },
+        drain_delay: Duration::from_millis(drain_delay_ms),
     };
     match coupon_api::run(cfg, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,8 +1,8 @@
 //! The API's Prometheus metrics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets from 250 µs to 5 s: the gate answers in well under a millisecond.
@@ -19,6 +19,8 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     pub publish_failures: IntCounterVec,
     pub in_flight: IntGauge,
+    pub client_gone: IntCounter,
+    pub producer_recreated: IntGauge,
 }
 
 impl Metrics {
@@ -66,12 +68,24 @@ impl Metrics {
             "Issue requests being processed",
         )))
         .expect("valid metric");
+        let client_gone = IntCounter::with_opts(labels(Opts::new(
+            "coupon_api_client_gone_total",
+            "Issue requests whose client hung up before the answer (each still ran to its end)",
+        )))
+        .expect("valid metric");
+        let producer_recreated = IntGauge::with_opts(labels(Opts::new(
+            "coupon_api_producer_recreated",
+            "Times the Kafka producer was replaced after a fatal error",
+        )))
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(publish_latency.clone()),
             Box::new(publish_failures.clone()),
             Box::new(in_flight.clone()),
+            Box::new(client_gone.clone()),
+            Box::new(producer_recreated.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -90,6 +104,8 @@ impl Metrics {
             publish_latency,
             publish_failures,
             in_flight,
+            client_gone,
+            producer_recreated,
         }
     }
 

@@ -65,13 +65,22 @@ impl IssueRequest {
     /// reservation and event, otherwise fresh and time-ordered.
     pub fn request_id(&self, campaign: &str) -> Uuid {
         match &self.idempotency_key {
-            Some(key) => Uuid::new_v5(
-                &IDEMPOTENCY_NAMESPACE,
-                format!("{campaign}/{}/{}/{key}", self.coupon, self.user).as_bytes(),
-            ),
+            Some(key) => keyed_request_id(campaign, self.coupon, self.user, key),
             None => Uuid::now_v7(),
         }
     }
+}
+
+/// The request id the API gives a request carrying `Idempotency-Key: key`: a client that lost
+/// the answer (connection reset, hang-up) knows which id the ledger would hold.
+pub fn keyed_request_id(campaign: &str, coupon: CouponId, user: UserId, key: &str) -> Uuid {
+    Uuid::new_v5(
+        &IDEMPOTENCY_NAMESPACE,
+        format!("{campaign}/{coupon}/{user}/{key}").as_bytes(),
+    )
+}
+
+impl IssueRequest {
 }
 
 pub fn parse_coupon_id(raw: &str) -> Result<CouponId, ApiError> {

@@ -157,6 +157,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
             ledger: &ledger,
             topics: &admin,
             brokers: b.kafka_brokers(),
+            rebuild_after: coupon_core::provision::DELIVERY_GRACE,
         },
     )
     .await

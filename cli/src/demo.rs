@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
@@ -90,6 +91,7 @@ pub async fn run(
             ledger: &ledger,
             topics: topics.as_ref(),
             brokers: &brokers,
+            rebuild_after: coupon_core::provision::DELIVERY_GRACE,
         },
     )
     .await
@@ -108,6 +110,8 @@ pub async fn run(
         listener,
         state,
         stop.clone().cancelled_owned(),
+        Duration::ZERO,
+        Duration::from_secs(6),
     ));
     let worker = Worker::new(
         ConsumerConfig::new(&brokers, &campaign.name),

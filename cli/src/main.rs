@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use coupon_core::broker::{KafkaAdmin, wait_drained};
+use coupon_core::broker::{KafkaAdmin, LagProbe, wait_drained};
 use coupon_core::campaign::{Campaign, consumer_group, topic_name};
 use coupon_core::config::{BackendArgs, LogFormat, init_logging};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
-use coupon_core::reconcile::{ReconcileOptions, reconcile};
+use coupon_core::settlement::{Books as SettledBooks, SettleOptions, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, verify};
 
 #[derive(Parser)]
@@ -97,12 +97,16 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Settle reservations whose publish result was unknown.
+    /// Settle every reservation nobody settled: those whose publish result was unknown, and
+    /// those whose API process died or whose client hung up. Issued ones are kept, the others
+    /// released. The operator does this on its own; this is one round of it.
+    #[command(alias = "settle")]
     Reconcile {
         #[arg(long, env = "CAMPAIGN")]
         campaign: String,
-        /// Only settle entries older than this many seconds.
-        #[arg(long, default_value_t = 30)]
+        /// Only settle reservations older than this many seconds (more than the API's
+        /// --publish-timeout-ms).
+        #[arg(long, default_value_t = coupon_core::provision::DELIVERY_GRACE.as_secs())]
         min_age: u64,
         /// Wait up to this many seconds for the consumers to drain.
         #[arg(long, default_value_t = 60)]
@@ -232,6 +236,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                     ledger: &ledger,
                     topics: &topics,
                     brokers: b.kafka_brokers(),
+                    rebuild_after: coupon_core::provision::DELIVERY_GRACE,
                 },
             )
             .await?;
@@ -390,35 +395,28 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
         } => {
             let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(b.redis_url()).await?);
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let report = reconcile(
-                &campaign,
-                &topic_name(&campaign),
-                b.kafka_brokers(),
-                gate.as_ref(),
-                &ledger,
-                &ReconcileOptions {
+            let lag = LagProbe::new(b.kafka_brokers(), &consumer_group(&campaign))?;
+            let report = settle(
+                &SettledBooks {
+                    campaign: &campaign,
+                    topic: &topic_name(&campaign),
+                    gate: gate.as_ref(),
+                    ledger: &ledger,
+                    lag: &lag,
+                },
+                &SettleOptions {
                     min_age: Duration::from_secs(min_age),
                     drain_timeout: Duration::from_secs(wait_drain),
+                    ..SettleOptions::default()
                 },
             )
             .await?;
             if json {
                 println!("{}", to_json(&report));
             } else {
-                println!(
-                    "{} pending: {} kept (issued), {} released, {} too young{}",
-                    report.pending,
-                    report.kept,
-                    report.released,
-                    report.too_young,
-                    if report.not_drained {
-                        "; consumers did not drain in time, nothing settled"
-                    } else {
-                        ""
-                    }
-                );
+                println!("{report}");
             }
-            Ok(if report.not_drained {
+            Ok(if report.not_drained || report.gate_lost {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

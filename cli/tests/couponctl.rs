@@ -91,6 +91,19 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
         "{i3}"
     );
 
+    // A reservation whose API died before publishing: `reconcile` finds it and releases it.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        use coupon_core::gate::{Decision, RedisGate, StockGate};
+        let gate = RedisGate::connect(&env_or("REDIS_URL", "redis://127.0.0.1:6379"))
+            .await
+            .expect("redis");
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(
+            gate.reserve(&name, 1, 9, id).await.expect("reserve"),
+            Decision::Reserved
+        );
+    });
     let out = couponctl(&[
         "reconcile",
         "--campaign",
@@ -102,7 +115,14 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("0 pending"),
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("1 unsettled, 1 old enough: 0 kept (issued), 1 released"),
+        "{}",
+        text(&out)
+    );
+    let out = couponctl(&["settle", "--campaign", &name, "--min-age", "0"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("0 unsettled"),
         "{}",
         text(&out)
     );

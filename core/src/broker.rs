@@ -114,22 +114,39 @@ impl PublishFailure {
 }
 
 /// Publishes issuance events and resolves only when the broker acknowledged (acks=all).
+///
+/// An idempotent producer that hits a fatal error (a sequence desynchronisation, a fenced
+/// producer id) refuses every later event; the publisher then replaces it with a fresh one, so
+/// the API heals without a restart. Events in flight on the old producer end as "unknown" and
+/// settlement decides them.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    config: std::sync::Arc<ClientConfig>,
+    current: std::sync::Arc<std::sync::RwLock<Generation>>,
     topic: String,
+}
+
+#[derive(Clone)]
+struct Generation {
+    producer: FutureProducer,
+    number: u64,
 }
 
 impl Publisher {
     pub fn new(brokers: &str, topic: &str, timeouts: PublishTimeouts) -> Result<Self> {
-        let producer: FutureProducer = idempotent_producer(brokers, timeouts)
+        let mut config = idempotent_producer(brokers, timeouts);
+        config
             .set("linger.ms", "0")
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
-            .set("compression.type", "lz4")
-            .create()?;
+            .set("compression.type", "lz4");
+        let producer: FutureProducer = config.create()?;
         Ok(Self {
-            producer,
+            config: std::sync::Arc::new(config),
+            current: std::sync::Arc::new(std::sync::RwLock::new(Generation {
+                producer,
+                number: 0,
+            })),
             topic: topic.to_string(),
         })
     }
@@ -138,11 +155,63 @@ impl Publisher {
         &self.topic
     }
 
-    /// Fails fast when the broker or the topic is unreachable.
+    fn generation(&self) -> Generation {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many times the producer was replaced after a fatal error.
+    pub fn recreated(&self) -> u64 {
+        self.generation().number
+    }
+
+    /// Replaces the producer of generation `seen` if it is in a fatal state; true when replaced
+    /// (by this call or a concurrent one).
+    fn heal(&self, seen: &Generation) -> bool {
+        let Some((code, reason)) = seen.producer.client().fatal_error() else {
+            return false;
+        };
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.number != seen.number {
+            return true;
+        }
+        match self.config.create::<FutureProducer>() {
+            Ok(producer) => {
+                tracing::error!(?code, %reason, generation = seen.number + 1,
+                    "the idempotent producer hit a fatal error; replaced it");
+                *current = Generation {
+                    producer,
+                    number: seen.number + 1,
+                };
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot recreate the producer after a fatal error");
+                false
+            }
+        }
+    }
+
+    /// Fails fast when the broker or the topic is unreachable (or the producer is fatally
+    /// broken and cannot be replaced).
     pub async fn check(&self) -> Result<i32> {
-        let producer = self.producer.clone();
+        let mut generation = self.generation();
+        if self.heal(&generation) {
+            generation = self.generation();
+        }
+        let producer = generation.producer;
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                return Err(Error::Unexpected(format!(
+                    "producer in a fatal state ({code:?}): {reason}"
+                )));
+            }
             let md = producer
                 .client()
                 .fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
@@ -163,18 +232,24 @@ impl Publisher {
     pub async fn publish(&self, event: &IssuanceEvent) -> Result<(i32, i64), PublishFailure> {
         let key = event.key();
         let payload = event.encode();
+        let generation = self.generation();
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         // Never wait on a full local queue: that is back-pressure, answered as a refusal.
-        self.producer
+        let result = generation
+            .producer
             .send(record, Timeout::After(Duration::ZERO))
             .await
             .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| PublishFailure::classify(&e))
+            .map_err(|(e, _)| PublishFailure::classify(&e));
+        if result.is_err() {
+            self.heal(&generation);
+        }
+        result
     }
 
-    /// Sends what is queued; called on shutdown.
+    /// Sends what is queued, within `timeout`; called on shutdown.
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
+        let _ = self.generation().producer.flush(timeout);
     }
 }
 

@@ -39,6 +39,11 @@ pub enum Error {
          wait for the consumers to drain the topic, then provision again"
     )]
     GateRebuildNeedsDrain { coupon: CouponId, lag: i64 },
+    #[error(
+        "coupon {coupon}: the gate's state is gone from Redis; rebuilding it in {wait_ms} ms, once \
+         every publish in flight when it was lost has landed in the topic"
+    )]
+    GateRebuildWaiting { coupon: CouponId, wait_ms: i64 },
     #[error("the broker cannot {0}; do it with the broker's own tools, then provision again")]
     BrokerUnsupported(String),
     #[error("campaign {0:?} is not provisioned (no coupons in the ledger)")]
@@ -61,6 +66,7 @@ impl Error {
             Self::PartitionDecrease { .. } => "partition_decrease",
             Self::QuantityDecrease { .. } => "quantity_decrease",
             Self::GateRebuildNeedsDrain { .. } => "gate_rebuild_needs_drain",
+            Self::GateRebuildWaiting { .. } => "gate_rebuild_waiting",
             Self::BrokerUnsupported(_) => "broker_unsupported",
             Self::NotProvisioned(_) => "not_provisioned",
             Self::Unexpected(_) => "unexpected",

@@ -61,13 +61,37 @@ pub enum Ensured {
     },
 }
 
-/// A reservation whose publish result was unknown, waiting for reconciliation.
+/// One reservation the gate made and nobody has settled yet: its event may be in the log,
+/// or it may have died with the process that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
+pub struct Reservation {
     pub request_id: Uuid,
     pub coupon: CouponId,
     pub user: UserId,
+    /// When the gate reserved it (or last saw a replay of it), on the gate's clock.
     pub at_ms: i64,
+}
+
+/// The unsettled reservations of one coupon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsettled {
+    /// How many there are in all.
+    pub count: u64,
+    /// Reservation time of the oldest one.
+    pub oldest_ms: Option<i64>,
+    /// Those made at or before the cutoff, oldest first (at most the limit asked for).
+    pub ripe: Vec<Reservation>,
+}
+
+/// What settling one reservation as "not issued" did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Stock and the user's slot given back.
+    Released,
+    /// Replayed after the cutoff: its new publish may still land; left for a later round.
+    Refreshed,
+    /// Already settled (by another settler, or released by the API).
+    Gone,
 }
 
 #[async_trait]
@@ -101,9 +125,31 @@ pub trait StockGate: Send + Sync {
     /// The campaign's coupon ids with quantities, as provisioned.
     async fn set_catalog(&self, campaign: &str, coupons: &[(CouponId, i64)]) -> Result<()>;
     async fn catalog(&self, campaign: &str) -> Result<Option<Vec<(CouponId, i64)>>>;
-    async fn add_pending(&self, campaign: &str, pending: &Pending) -> Result<()>;
-    async fn pending(&self, campaign: &str) -> Result<Vec<Pending>>;
-    async fn remove_pending(&self, campaign: &str, request_id: Uuid) -> Result<()>;
+    /// The gate's clock (reservation times are on it), in Unix milliseconds.
+    async fn clock_ms(&self) -> Result<i64>;
+    /// Records (once) when the campaign's gate was first seen lost; returns that time.
+    async fn mark_lost(&self, campaign: &str) -> Result<i64>;
+    /// Forgets the mark once the gate is rebuilt.
+    async fn clear_lost(&self, campaign: &str) -> Result<()>;
+    /// Unsettled reservations of a coupon; `ripe` holds up to `limit` made at or before `cutoff_ms`.
+    async fn unsettled(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Unsettled>;
+    /// Settles reservations whose event is in the ledger: they stay, and leave the unsettled set.
+    async fn settle_issued(&self, campaign: &str, coupon: CouponId, r: &[Reservation])
+    -> Result<()>;
+    /// Settles a reservation with no event: gives back stock and the user's slot, together, if
+    /// it is still unsettled and was made (or last replayed) at or before `cutoff_ms`.
+    async fn settle_released(
+        &self,
+        campaign: &str,
+        r: &Reservation,
+        cutoff_ms: i64,
+    ) -> Result<Released>;
     async fn ping(&self) -> Result<()>;
 }
 
@@ -115,12 +161,21 @@ pub fn holders_key(campaign: &str, coupon: CouponId) -> String {
     format!("coupon:{{{campaign}:{coupon}}}:holders")
 }
 
+pub fn unsettled_key(campaign: &str, coupon: CouponId) -> String {
+    format!("coupon:{{{campaign}:{coupon}}}:unsettled")
+}
+
 fn catalog_key(campaign: &str) -> String {
     format!("campaign:{{{campaign}}}:catalog")
 }
 
-fn pending_key(campaign: &str) -> String {
-    format!("campaign:{{{campaign}}}:pending")
+fn lost_key(campaign: &str) -> String {
+    format!("campaign:{{{campaign}}}:lost_at")
+}
+
+/// Member of the unsettled set: the settler needs the user to release the slot.
+fn unsettled_member(user: UserId, request_id: Uuid) -> String {
+    format!("{user}:{request_id}")
 }
 
 /// The gate on Redis (standalone; the keys are cluster-ready).
@@ -165,24 +220,27 @@ impl RedisGate {
         self.conn.clone()
     }
 
-    /// Removes every key of the campaign (coupon hashes, holders, catalog, pending); the
-    /// operator's `Delete` deletion policy. Returns how many keys existed.
+    /// Removes every key of the campaign (coupon hashes, holders, unsettled sets, catalog);
+    /// the operator's `Delete` deletion policy. Returns how many keys existed.
     pub async fn forget_campaign(&self, campaign: &str, coupons: &[CouponId]) -> Result<usize> {
         let mut conn = self.conn.clone();
         let mut removed = 0usize;
         for c in coupons {
             let n: usize = conn
-                .del(&[coupon_key(campaign, *c), holders_key(campaign, *c)])
+                .del(&[
+                    coupon_key(campaign, *c),
+                    holders_key(campaign, *c),
+                    unsettled_key(campaign, *c),
+                ])
                 .await?;
             removed += n;
         }
-        let n: usize = conn
-            .del(&[catalog_key(campaign), pending_key(campaign)])
-            .await?;
+        let n: usize = conn.del(&[catalog_key(campaign), lost_key(campaign)]).await?;
         Ok(removed + n)
     }
 
-    /// Runs a script over one coupon's hash and holders with (user, request id).
+    /// Runs a script over one coupon's hash, holders and unsettled set with (user, request id)
+    /// and any further arguments.
     async fn run_on_holder<T: redis::FromRedisValue>(
         &self,
         script: &Script,
@@ -190,15 +248,19 @@ impl RedisGate {
         coupon: CouponId,
         user: UserId,
         request_id: Uuid,
+        extra: Option<i64>,
     ) -> Result<T> {
         let mut conn = self.conn.clone();
-        Ok(script
-            .key(coupon_key(campaign, coupon))
+        let mut invocation = script.key(coupon_key(campaign, coupon));
+        invocation
             .key(holders_key(campaign, coupon))
+            .key(unsettled_key(campaign, coupon))
             .arg(user)
-            .arg(request_id.to_string())
-            .invoke_async(&mut conn)
-            .await?)
+            .arg(request_id.to_string());
+        if let Some(extra) = extra {
+            invocation.arg(extra);
+        }
+        Ok(invocation.invoke_async(&mut conn).await?)
     }
 }
 
@@ -228,7 +290,7 @@ impl StockGate for RedisGate {
         request_id: Uuid,
     ) -> Result<Decision> {
         let reply: Vec<String> = self
-            .run_on_holder(&self.reserve, campaign, coupon, user, request_id)
+            .run_on_holder(&self.reserve, campaign, coupon, user, request_id, None)
             .await?;
         Ok(match reply.first().map(String::as_str) {
             Some("reserved") => Decision::Reserved,
@@ -254,7 +316,7 @@ impl StockGate for RedisGate {
         request_id: Uuid,
     ) -> Result<bool> {
         let released: i64 = self
-            .run_on_holder(&self.release, campaign, coupon, user, request_id)
+            .run_on_holder(&self.release, campaign, coupon, user, request_id, None)
             .await?;
         Ok(released == 1)
     }
@@ -351,40 +413,106 @@ impl StockGate for RedisGate {
         Ok(Some(all))
     }
 
-    async fn add_pending(&self, campaign: &str, p: &Pending) -> Result<()> {
+    async fn clock_ms(&self) -> Result<i64> {
         let mut conn = self.conn.clone();
-        let value = format!("{}:{}:{}", p.coupon, p.user, p.at_ms);
-        let () = conn
-            .hset(pending_key(campaign), p.request_id.to_string(), value)
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn mark_lost(&self, campaign: &str) -> Result<i64> {
+        let mut conn = self.conn.clone();
+        let now = self.clock_ms().await?;
+        let (_, at): (bool, i64) = redis::pipe()
+            .set_nx(lost_key(campaign), now)
+            .get(lost_key(campaign))
+            .query_async(&mut conn)
             .await?;
+        Ok(at)
+    }
+
+    async fn clear_lost(&self, campaign: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(lost_key(campaign)).await?;
         Ok(())
     }
 
-    async fn pending(&self, campaign: &str) -> Result<Vec<Pending>> {
+    async fn unsettled(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Unsettled> {
         let mut conn = self.conn.clone();
-        let all: Vec<(String, String)> = conn.hgetall(pending_key(campaign)).await?;
-        all.into_iter()
-            .map(|(id, value)| {
-                let mut parts = value.splitn(3, ':').map(str::parse::<i64>);
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(Ok(coupon)), Some(Ok(user)), Some(Ok(at_ms))) => Ok(Pending {
-                        request_id: parse_uuid(&id)?,
-                        coupon: coupon as CouponId,
-                        user: user as UserId,
-                        at_ms,
-                    }),
-                    _ => Err(Error::Unexpected(format!("bad pending entry {id}={value}"))),
-                }
+        let key = unsettled_key(campaign, coupon);
+        let (count, oldest, ripe): (u64, Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+            .zcard(&key)
+            .zrange_withscores(&key, 0, 0)
+            .zrangebyscore_limit_withscores(&key, "-inf", cutoff_ms, 0, limit as isize)
+            .query_async(&mut conn)
+            .await?;
+        let ripe = ripe
+            .into_iter()
+            .map(|(member, at)| {
+                let (user, id) = member
+                    .split_once(':')
+                    .and_then(|(u, id)| Some((u.parse::<UserId>().ok()?, parse_uuid(id).ok()?)))
+                    .ok_or_else(|| {
+                        Error::Unexpected(format!("bad unsettled reservation {member:?}"))
+                    })?;
+                Ok(Reservation {
+                    request_id: id,
+                    coupon,
+                    user,
+                    at_ms: at as i64,
+                })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(Unsettled {
+            count,
+            oldest_ms: oldest.first().map(|(_, at)| *at as i64),
+            ripe,
+        })
     }
 
-    async fn remove_pending(&self, campaign: &str, request_id: Uuid) -> Result<()> {
+    async fn settle_issued(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        r: &[Reservation],
+    ) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: i64 = conn
-            .hdel(pending_key(campaign), request_id.to_string())
-            .await?;
+        for chunk in r.chunks(1000) {
+            let members: Vec<String> = chunk
+                .iter()
+                .map(|r| unsettled_member(r.user, r.request_id))
+                .collect();
+            let _: i64 = conn.zrem(unsettled_key(campaign, coupon), members).await?;
+        }
         Ok(())
+    }
+
+    async fn settle_released(
+        &self,
+        campaign: &str,
+        r: &Reservation,
+        cutoff_ms: i64,
+    ) -> Result<Released> {
+        let outcome: i64 = self
+            .run_on_holder(
+                &self.release,
+                campaign,
+                r.coupon,
+                r.user,
+                r.request_id,
+                Some(cutoff_ms),
+            )
+            .await?;
+        Ok(match outcome {
+            1 => Released::Released,
+            -1 => Released::Refreshed,
+            _ => Released::Gone,
+        })
     }
 
     async fn ping(&self) -> Result<()> {
@@ -405,7 +533,7 @@ pub struct MemoryGate {
 struct MemoryState {
     coupons: std::collections::HashMap<(String, CouponId), MemoryCoupon>,
     catalogs: std::collections::HashMap<String, Vec<(CouponId, i64)>>,
-    pending: std::collections::HashMap<String, std::collections::BTreeMap<Uuid, Pending>>,
+    lost_at: std::collections::HashMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -416,6 +544,8 @@ struct MemoryCoupon {
     ends_ms: i64,
     refused_sold_out: i64,
     holders: std::collections::HashMap<UserId, Uuid>,
+    /// (user, request id) → reservation time, as the Redis sorted set.
+    unsettled: std::collections::HashMap<(UserId, Uuid), i64>,
 }
 
 impl MemoryGate {
@@ -452,6 +582,9 @@ impl MemoryGate {
             }
             if let Some(holder) = c.holders.get(&user) {
                 return if *holder == request_id {
+                    if let Some(at) = c.unsettled.get_mut(&(user, request_id)) {
+                        *at = now_ms;
+                    }
                     Decision::Replay
                 } else {
                     Decision::AlreadyIssued(*holder)
@@ -463,7 +596,39 @@ impl MemoryGate {
             }
             c.stock -= 1;
             c.holders.insert(user, request_id);
+            c.unsettled.insert((user, request_id), now_ms);
             Decision::Reserved
+        })
+    }
+
+    /// The release script's body: `cutoff` is the settler's (see [`StockGate::settle_released`]).
+    fn release_with(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+        cutoff: Option<i64>,
+    ) -> Result<Released> {
+        self.with(|s| {
+            let Some(c) = s.coupons.get_mut(&(campaign.to_string(), coupon)) else {
+                return Released::Gone;
+            };
+            if let Some(cutoff) = cutoff {
+                match c.unsettled.get(&(user, request_id)) {
+                    None => return Released::Gone,
+                    Some(at) if *at > cutoff => return Released::Refreshed,
+                    Some(_) => {}
+                }
+            }
+            c.unsettled.remove(&(user, request_id));
+            if c.holders.get(&user) == Some(&request_id) {
+                c.holders.remove(&user);
+                c.stock += 1;
+                Released::Released
+            } else {
+                Released::Gone
+            }
         })
     }
 }
@@ -491,16 +656,7 @@ impl StockGate for MemoryGate {
         user: UserId,
         request_id: Uuid,
     ) -> Result<bool> {
-        self.with(
-            |s| match s.coupons.get_mut(&(campaign.to_string(), coupon)) {
-                Some(c) if c.holders.get(&user) == Some(&request_id) => {
-                    c.holders.remove(&user);
-                    c.stock += 1;
-                    true
-                }
-                _ => false,
-            },
-        )
+        Ok(self.release_with(campaign, coupon, user, request_id, None)? == Released::Released)
     }
 
     async fn ensure(
@@ -523,6 +679,7 @@ impl StockGate for MemoryGate {
                             ends_ms: cfg.ends_ms,
                             refused_sold_out: 0,
                             holders: holders.iter().copied().collect(),
+                            unsettled: std::collections::HashMap::new(),
                         },
                     );
                     Ensured::Created { stock }
@@ -582,30 +739,76 @@ impl StockGate for MemoryGate {
         self.with(|s| s.catalogs.get(campaign).cloned())
     }
 
-    async fn add_pending(&self, campaign: &str, p: &Pending) -> Result<()> {
+    async fn clock_ms(&self) -> Result<i64> {
+        Ok(now_ms())
+    }
+
+    async fn mark_lost(&self, campaign: &str) -> Result<i64> {
+        self.with(|s| *s.lost_at.entry(campaign.to_string()).or_insert_with(now_ms))
+    }
+
+    async fn clear_lost(&self, campaign: &str) -> Result<()> {
         self.with(|s| {
-            s.pending
-                .entry(campaign.to_string())
-                .or_default()
-                .insert(p.request_id, p.clone());
+            s.lost_at.remove(campaign);
         })
     }
 
-    async fn pending(&self, campaign: &str) -> Result<Vec<Pending>> {
+    async fn unsettled(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        cutoff_ms: i64,
+        limit: usize,
+    ) -> Result<Unsettled> {
         self.with(|s| {
-            s.pending
-                .get(campaign)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default()
-        })
-    }
-
-    async fn remove_pending(&self, campaign: &str, request_id: Uuid) -> Result<()> {
-        self.with(|s| {
-            if let Some(m) = s.pending.get_mut(campaign) {
-                m.remove(&request_id);
+            let Some(c) = s.coupons.get(&(campaign.to_string(), coupon)) else {
+                return Unsettled::default();
+            };
+            let mut all: Vec<Reservation> = c
+                .unsettled
+                .iter()
+                .map(|(&(user, request_id), &at_ms)| Reservation {
+                    request_id,
+                    coupon,
+                    user,
+                    at_ms,
+                })
+                .collect();
+            all.sort_by_key(|r| (r.at_ms, r.user));
+            Unsettled {
+                count: all.len() as u64,
+                oldest_ms: all.first().map(|r| r.at_ms),
+                ripe: all
+                    .into_iter()
+                    .filter(|r| r.at_ms <= cutoff_ms)
+                    .take(limit)
+                    .collect(),
             }
         })
+    }
+
+    async fn settle_issued(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        r: &[Reservation],
+    ) -> Result<()> {
+        self.with(|s| {
+            if let Some(c) = s.coupons.get_mut(&(campaign.to_string(), coupon)) {
+                for r in r {
+                    c.unsettled.remove(&(r.user, r.request_id));
+                }
+            }
+        })
+    }
+
+    async fn settle_released(
+        &self,
+        campaign: &str,
+        r: &Reservation,
+        cutoff_ms: i64,
+    ) -> Result<Released> {
+        self.release_with(campaign, r.coupon, r.user, r.request_id, Some(cutoff_ms))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -9,7 +9,7 @@ pub mod event;
 pub mod gate;
 pub mod ledger;
 pub mod provision;
-pub mod reconcile;
+pub mod settlement;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -7,12 +7,20 @@ use crate::error::{Error, Result};
 use crate::gate::{Ensured, GateCoupon, StockGate};
 use crate::ledger::{Ledger, RowChange};
 
+/// The default of [`Backends::rebuild_after`] and of settlement's minimum age: three times the
+/// API's default delivery deadline (5 s).
+pub const DELIVERY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Where provisioning writes.
 pub struct Backends<'a> {
     pub gate: &'a dyn StockGate,
     pub ledger: &'a Ledger,
     pub topics: &'a dyn TopicAdmin,
     pub brokers: &'a str,
+    /// A lost gate is rebuilt only this long after it was first seen lost: longer than the
+    /// API's delivery deadline, so every publish in flight at the loss is in the topic (and,
+    /// once drained, in the ledger the rebuild reads).
+    pub rebuild_after: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -67,44 +75,42 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
         Ok(_) | Err(Error::PartitionDecrease { .. }) => {}
         Err(e) => return Err(e),
     }
+    let mut created = Vec::new();
     for (id, change) in to.ledger.provision(campaign).await? {
         match change {
-            RowChange::Created => report.coupons_created += 1,
+            RowChange::Created => {
+                report.coupons_created += 1;
+                created.push(id);
+            }
             RowChange::Grown { by } => report.coupons_grown.push((id, by)),
             RowChange::Unchanged => {}
         }
     }
     let (starts_ms, ends_ms) = campaign.window().millis();
     let books = to.ledger.books(&campaign.name).await?;
-    let mut drained: Option<i64> = None;
+    // Coupons whose rows existed before this call but whose gate is gone: Redis lost them.
+    let mut lost = Vec::new();
+    for book in &books {
+        if !created.contains(&book.coupon_id)
+            && to
+                .gate
+                .snapshot(&campaign.name, book.coupon_id)
+                .await?
+                .is_none()
+        {
+            lost.push(book.coupon_id);
+        }
+    }
+    if let Some(&first) = lost.first() {
+        rebuild_is_safe(campaign, to, first).await?;
+    }
     for book in books {
         let cfg = GateCoupon {
             quantity: book.total_quantity,
             starts_ms,
             ends_ms,
         };
-        let exists = to
-            .gate
-            .snapshot(&campaign.name, book.coupon_id)
-            .await?
-            .is_some();
-        let holders = if !exists && book.issued > 0 {
-            // Redis lost this coupon: rebuild from the ledger, but only once every accepted
-            // event is in it, or the gate would hand out stock that is already taken.
-            let lag = match drained {
-                Some(lag) => lag,
-                None => {
-                    let lags =
-                        group_lag(to.brokers, &consumer_group(&campaign.name), &topic).await?;
-                    *drained.insert(lags.iter().map(|l| l.lag).sum())
-                }
-            };
-            if lag > 0 {
-                return Err(Error::GateRebuildNeedsDrain {
-                    coupon: book.coupon_id,
-                    lag,
-                });
-            }
+        let holders = if lost.contains(&book.coupon_id) {
             report.gates_rebuilt.push(book.coupon_id);
             to.ledger.holders(&campaign.name, book.coupon_id).await?
         } else {
@@ -131,5 +137,29 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
         .map(|c| (c.id, c.quantity))
         .collect();
     to.gate.set_catalog(&campaign.name, &catalog).await?;
+    if !lost.is_empty() {
+        to.gate.clear_lost(&campaign.name).await?;
+    }
     Ok(report)
+}
+
+/// A lost gate is rebuilt from the ledger, so the ledger must hold every event accepted before
+/// the loss: wait out the delivery deadline of publishes in flight at the loss, then for the
+/// consumers to drain the topic.
+async fn rebuild_is_safe(campaign: &Campaign, to: &Backends<'_>, coupon: CouponId) -> Result<()> {
+    let since = to.gate.mark_lost(&campaign.name).await?;
+    let waited = to.gate.clock_ms().await? - since;
+    let grace = to.rebuild_after.as_millis() as i64;
+    if waited < grace {
+        return Err(Error::GateRebuildWaiting {
+            coupon,
+            wait_ms: grace - waited,
+        });
+    }
+    let lags = group_lag(to.brokers, &consumer_group(&campaign.name), &campaign.topic()).await?;
+    let lag: i64 = lags.iter().map(|l| l.lag).sum();
+    if lag > 0 {
+        return Err(Error::GateRebuildNeedsDrain { coupon, lag });
+    }
+    Ok(())
 }

@@ -1,6 +1,8 @@
 //! Test kit: the real API and consumer code wired to real backends, one isolated campaign per
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
+pub mod chaos;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +12,13 @@ use axum::http::{Request, StatusCode};
 use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
 use coupon_core::broker::{
-    KafkaAdmin, PublishTimeouts, Publisher, TopicAdmin, group_lag, wait_drained,
+    KafkaAdmin, LagProbe, PublishTimeouts, Publisher, TopicAdmin, group_lag, wait_drained,
 };
 use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
 use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, ProvisionReport, provision};
+use coupon_core::settlement::{SettleOptions, SettleReport, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
@@ -137,6 +140,7 @@ impl Stack {
                 ledger: &ledger,
                 topics,
                 brokers,
+                rebuild_after: Duration::ZERO,
             },
         )
         .await
@@ -294,6 +298,28 @@ impl Stack {
         .expect("verify")
     }
 
+    /// One settlement round (what the operator runs on its timer) for reservations at least
+    /// `min_age` old.
+    pub async fn settle(&self, min_age: Duration) -> SettleReport {
+        let lag = LagProbe::new(&self.brokers, &consumer_group(&self.campaign.name)).expect("lag");
+        settle(
+            &coupon_core::settlement::Books {
+                campaign: &self.campaign.name,
+                topic: &self.campaign.topic(),
+                gate: self.gate.as_ref(),
+                ledger: &self.ledger,
+                lag: &lag,
+            },
+            &SettleOptions {
+                min_age,
+                drain_timeout: Duration::from_secs(30),
+                ..SettleOptions::default()
+            },
+        )
+        .await
+        .expect("settle")
+    }
+
     pub async fn remaining(&self, coupon: u32) -> i64 {
         self.gate_snapshot(coupon).await.remaining
     }
@@ -316,6 +342,7 @@ impl Stack {
                 ledger: &self.ledger,
                 topics: &admin,
                 brokers: &self.brokers,
+                rebuild_after: Duration::ZERO,
             },
         )
         .await

@@ -8,9 +8,8 @@ use axum::http::StatusCode;
 use coupon_core::broker::{PreCreatedTopics, PublishTimeouts, Publisher};
 use coupon_core::campaign::{Campaign, dead_letter_topic};
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{Decision, Pending, StockGate};
+use coupon_core::gate::{Decision, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::reconcile::{ReconcileOptions, reconcile};
 use coupon_core::verify::AcceptedLog;
 use coupon_e2e::{
     Proxy, Stack, StackOptions, assert_green, assert_refused, campaign, request_id, unique,
@@ -58,20 +57,8 @@ async fn on_mock(
     (mock, stack)
 }
 
-async fn settle(stack: &Stack) -> coupon_core::reconcile::ReconcileReport {
-    reconcile(
-        &stack.campaign.name,
-        &stack.campaign.topic(),
-        &stack.brokers,
-        stack.gate.as_ref(),
-        &stack.ledger,
-        &ReconcileOptions {
-            min_age: Duration::ZERO,
-            drain_timeout: DRAIN,
-        },
-    )
-    .await
-    .expect("reconcile")
+async fn settle(stack: &Stack) -> coupon_core::settlement::SettleReport {
+    stack.settle(Duration::ZERO).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +110,7 @@ async fn broker_refusal_releases_the_reservation() {
 }
 
 /// The broker wrote the event but the API never learned it (the answer was lost): the
-/// reservation stays parked, and reconciliation finds the row and keeps it. The mock cluster
+/// reservation stays unsettled, and settlement finds the row and keeps it. The mock cluster
 /// cannot lose an answer after appending, so the API's side of it is played step by step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_result_written_is_kept_by_reconciliation() {
@@ -149,21 +136,14 @@ async fn unknown_result_written_is_kept_by_reconciliation() {
         .publish(&IssuanceEvent::new(id, &name, 1, 20, chrono::Utc::now()))
         .await
         .expect("written");
-    let parked = Pending {
-        request_id: id,
-        coupon: 1,
-        user: 20,
-        at_ms: 0,
-    };
-    gate.add_pending(&name, &parked).await.expect("park");
     let report = settle(&stack).await;
     assert_eq!(
-        (report.pending, report.kept, report.released),
+        (report.unsettled, report.kept, report.released),
         (1, 1, 0),
         "{report:?}"
     );
     assert_eq!(stack.remaining(1).await, 2, "the coupon stays issued");
-    assert!(gate.pending(&name).await.expect("pending").is_empty());
+    assert_eq!(settle(&stack).await.unsettled, 0, "settled once");
     let mut log = AcceptedLog::default();
     log.ambiguous.insert(id);
     let verified = stack.verify(Some(&log)).await;
@@ -194,13 +174,13 @@ async fn unknown_result_never_written_is_released_by_reconciliation() {
     mock.broker_up(1).expect("up");
     let report = settle(&stack).await;
     assert_eq!(
-        (report.pending, report.kept, report.released),
+        (report.unsettled, report.kept, report.released),
         (1, 0, 1),
         "{report:?}"
     );
     assert_eq!(stack.remaining(1).await, 3, "stock back");
     assert_eq!(stack.gate_snapshot(1).await.holders, 0, "slot back");
-    assert_eq!(settle(&stack).await.pending, 0, "settled once");
+    assert_eq!(settle(&stack).await.unsettled, 0, "settled once");
     let mut log = AcceptedLog::default();
     log.ambiguous.insert(id);
     assert_green(&stack.verify(Some(&log)).await);

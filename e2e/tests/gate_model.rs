@@ -1,7 +1,10 @@
 //! The embedded gate and the Redis scripts agree: a random sequence of operations gets the same
-//! answers from both and leaves the same state (stock, holders, sold-out refusals).
+//! answers from both and leaves the same state (stock, holders, sold-out refusals, unsettled
+//! reservations), settlement included.
 
-use coupon_core::gate::{GateCoupon, MemoryGate, RedisGate, StockGate};
+use std::collections::BTreeSet;
+
+use coupon_core::gate::{GateCoupon, MemoryGate, RedisGate, Reservation, StockGate};
 use coupon_e2e::{redis_url, unique};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -11,6 +14,10 @@ enum Op {
     Reserve { coupon: u32, user: u64, id: usize },
     Release { coupon: u32, user: u64, id: usize },
     Grow { coupon: u32, by: i64 },
+    /// Settlement found the event in the ledger.
+    SettleIssued { coupon: u32, user: u64, id: usize },
+    /// Settlement found no event; `late`: the cutoff is after every reservation (else before).
+    SettleReleased { coupon: u32, user: u64, id: usize, late: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -20,6 +27,8 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::Reserve { coupon, user, id }),
         2 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::Release { coupon, user, id }),
         1 => (1u32..=4, 0i64..=2).prop_map(|(coupon, by)| Op::Grow { coupon, by }),
+        1 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::SettleIssued { coupon, user, id }),
+        2 => (1u32..=4, 1u64..=5, 0usize..6, any::<bool>()).prop_map(|(coupon, user, id, late)| Op::SettleReleased { coupon, user, id, late }),
     ]
 }
 
@@ -90,6 +99,18 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
                 let (a, b) = ensure_both(coupon, quantity[coupon as usize]).await;
                 prop_assert_eq!(a, b, "step {}: {:?}", step, op);
             }
+            Op::SettleIssued { coupon, user, id } => {
+                let r = [reservation(coupon, user, ids[id])];
+                redis.settle_issued(&campaign, coupon, &r).await.expect("redis");
+                memory.settle_issued(&campaign, coupon, &r).await.expect("memory");
+            }
+            Op::SettleReleased { coupon, user, id, late } => {
+                let r = reservation(coupon, user, ids[id]);
+                let cutoff = if late { i64::MAX / 4 } else { 0 };
+                let a = redis.settle_released(&campaign, &r, cutoff).await.expect("redis");
+                let b = memory.settle_released(&campaign, &r, cutoff).await.expect("memory");
+                prop_assert_eq!(a, b, "step {}: {:?}", step, op);
+            }
         }
     }
     for coupon in 1..=4u32 {
@@ -107,8 +128,35 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
         if let Some(s) = a {
             prop_assert!(s.remaining >= 0 && s.remaining + s.holders == s.quantity);
         }
+        let a = unsettled(redis, &campaign, coupon).await;
+        let b = unsettled(&memory, &campaign, coupon).await;
+        prop_assert_eq!(&a, &b, "unsettled reservations of coupon {}", coupon);
+        // Every unsettled reservation is one the gate still holds (a release removes it).
+        for (user, id) in &a {
+            let holder = redis.holder(&campaign, coupon, *user).await.expect("redis");
+            prop_assert_eq!(holder, Some(*id), "unsettled {}:{} is held", user, id);
+        }
     }
     Ok(())
+}
+
+fn reservation(coupon: u32, user: u64, request_id: Uuid) -> Reservation {
+    Reservation {
+        request_id,
+        coupon,
+        user,
+        at_ms: 0,
+    }
+}
+
+/// The (user, request id) of every unsettled reservation (times differ: two clocks).
+async fn unsettled(gate: &dyn StockGate, campaign: &str, coupon: u32) -> BTreeSet<(u64, Uuid)> {
+    let u = gate
+        .unsettled(campaign, coupon, i64::MAX / 4, 1000)
+        .await
+        .expect("unsettled");
+    assert_eq!(u.count as usize, u.ripe.len());
+    u.ripe.iter().map(|r| (r.user, r.request_id)).collect()
 }
 
 proptest! {

@@ -94,6 +94,9 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Image of workloads whose campaign names none.
     pub workload_image: String,
+    /// Reservations are settled, and a lost gate rebuilt, only this long after the fact (more
+    /// than the API's delivery deadline).
+    pub settle_after: Duration,
 }
 
 impl Context {
@@ -110,6 +113,7 @@ impl Context {
             period: Duration::from_secs(5),
             metrics: crate::metrics::Metrics::default(),
             workload_image: children::DEFAULT_WORKLOAD_IMAGE.into(),
+            settle_after: coupon_core::provision::DELIVERY_GRACE,
         }
     }
 
@@ -266,6 +270,7 @@ impl CouponCampaign {
                     ledger: &be.ledger,
                     topics: &admin,
                     brokers: &be.brokers,
+                    rebuild_after: ctx.settle_after,
                 },
             )
             .await;

@@ -1,0 +1,921 @@
+//! Chaos: the real `coupon-api` and `coupon-consumer` binaries under a hot load while faults hit
+//! them (clients hanging up, SIGKILL of either process, the database cut, Redis restarted
+//! empty), an operator-like healer settling reservations and rebuilding a lost gate, then the
+//! books checked against the clients' own log. The suite (`tests/chaos.rs`) and
+//! `scripts/chaos.sh` (the `coupon-chaos` binary) run the same code.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coupon_api::request::keyed_request_id;
+use coupon_core::broker::{KafkaAdmin, LagProbe};
+use coupon_core::campaign::{Campaign, CouponId, UserId, consumer_group};
+use coupon_core::gate::{RedisGate, StockGate};
+use coupon_core::ledger::Ledger;
+use coupon_core::provision::{Backends, provision};
+use coupon_core::settlement::{SettleOptions, settle};
+use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{Proxy, campaign, unique};
+
+/// What goes wrong during the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A third of the clients send a request and close the connection within 0–4 ms.
+    HangUps,
+    /// `coupon-api` is SIGKILLed and restarted (an OOM kill, an eviction, a lost node).
+    KillApi,
+    /// `coupon-consumer` is SIGKILLed and restarted.
+    KillConsumer,
+    /// Every database connection is cut and new ones refused for a while.
+    CutDatabase,
+    /// Redis is SIGKILLed and restarted empty (no persistence): the gate is gone.
+    RestartRedis,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 5] = [
+        Fault::HangUps,
+        Fault::KillApi,
+        Fault::KillConsumer,
+        Fault::CutDatabase,
+        Fault::RestartRedis,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::HangUps => "hang-ups",
+            Fault::KillApi => "kill-api",
+            Fault::KillConsumer => "kill-consumer",
+            Fault::CutDatabase => "cut-database",
+            Fault::RestartRedis => "restart-redis",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// The faults, injected in turn, `rounds` times in all.
+    pub faults: Vec<Fault>,
+    pub rounds: usize,
+    pub database_url: String,
+    pub brokers: String,
+    /// Where `coupon-api` and `coupon-consumer` are.
+    pub bin_dir: PathBuf,
+    /// The whole load; faults happen in its first part, the rest lets the books heal under load.
+    pub load: Duration,
+    pub clients: usize,
+    /// The API's `--publish-timeout-ms`.
+    pub publish_timeout: Duration,
+    /// Progress lines as they happen (the timeline is also in the outcome).
+    pub verbose: bool,
+}
+
+impl ChaosOptions {
+    pub fn new(faults: &[Fault], database_url: &str) -> Self {
+        let periodic = faults.iter().filter(|f| **f != Fault::HangUps).count();
+        Self {
+            faults: faults.to_vec(),
+            rounds: periodic.max(3),
+            load: Duration::from_secs(24 + 4 * periodic.saturating_sub(1) as u64),
+            database_url: database_url.to_string(),
+            brokers: crate::kafka_brokers(),
+            bin_dir: default_bin_dir(),
+            clients: 24,
+            publish_timeout: Duration::from_millis(1500),
+            verbose: true,
+        }
+    }
+
+    /// Settlement and gate rebuilds wait this long: the delivery deadline and a margin.
+    pub fn settle_after(&self) -> Duration {
+        self.publish_timeout + Duration::from_millis(1500)
+    }
+}
+
+/// `target/<profile>/` of the running test or binary.
+pub fn default_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+pub struct ClientLog {
+    pub requests: u64,
+    pub accepted: HashSet<Uuid>,
+    /// Answers lost (hang-up, reset, 503 after retries): may or may not be issued.
+    pub ambiguous: HashSet<Uuid>,
+    pub refused: BTreeMap<String, u64>,
+    /// Coupons answered `sold_out` at least once.
+    pub sold_out: BTreeSet<CouponId>,
+    pub retries: u64,
+    /// Anything but 202/4xx/503: a bug.
+    pub unexpected: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ChaosOutcome {
+    pub campaign: String,
+    pub faults: Vec<Fault>,
+    pub timeline: Vec<(f64, String)>,
+    pub clients: ClientLog,
+    pub kept: usize,
+    pub released: usize,
+    /// From the end of the last fault to balanced books (drained, all settled, gate = ledger).
+    pub balanced_after: Option<Duration>,
+    pub report: VerifyReport,
+    /// Every broken promise, in words; empty when the books are right.
+    pub problems: Vec<String>,
+}
+
+impl ChaosOutcome {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let names: Vec<_> = self.faults.iter().map(|f| f.name()).collect();
+        let _ = writeln!(
+            s,
+            "chaos: campaign {}, faults {}",
+            self.campaign,
+            names.join(", ")
+        );
+        for (at, line) in &self.timeline {
+            let _ = writeln!(s, "  {at:>6.1} s  {line}");
+        }
+        let c = &self.clients;
+        let refused: Vec<String> = c.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(
+            s,
+            "requests {}: {} accepted, {} ambiguous (answer lost), {} retries; refused: {}",
+            c.requests,
+            c.accepted.len(),
+            c.ambiguous.len(),
+            c.retries,
+            if refused.is_empty() {
+                "none".into()
+            } else {
+                refused.join(", ")
+            }
+        );
+        let _ = writeln!(
+            s,
+            "settled: {} kept (issued), {} released (no event)",
+            self.kept, self.released
+        );
+        match self.balanced_after {
+            Some(d) => {
+                let _ = writeln!(
+                    s,
+                    "books balanced {:.1} s after the last fault",
+                    d.as_secs_f64()
+                );
+            }
+            None => {
+                let _ = writeln!(s, "books did NOT balance");
+            }
+        }
+        s.push_str(&self.report.render());
+        if self.problems.is_empty() {
+            s.push_str("every promise kept\n");
+        } else {
+            for p in &self.problems {
+                let _ = writeln!(s, "PROBLEM: {p}");
+            }
+        }
+        s
+    }
+}
+
+type Timeline = Arc<Mutex<Vec<(f64, String)>>>;
+
+struct Clock {
+    started: Instant,
+    timeline: Timeline,
+    verbose: bool,
+}
+
+impl Clock {
+    fn note(&self, line: impl Into<String>) {
+        let line = line.into();
+        let at = self.started.elapsed().as_secs_f64();
+        if self.verbose {
+            eprintln!("[chaos {at:>6.1} s] {line}");
+        }
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push((at, line));
+        }
+    }
+}
+
+/// A child process that can be SIGKILLed and started again the same way.
+struct Process {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn start(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
+        let err = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start {} ({}): {e}; build it with `cargo build --workspace --bins`",
+                    self.name,
+                    self.program.display()
+                )
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// The hot load's campaign: six small coupons take 90% of the requests.
+pub const HOT: std::ops::RangeInclusive<CouponId> = 1..=6;
+const COUPONS: CouponId = 20;
+const USERS: UserId = 300;
+
+/// Runs the load with the faults, heals, and checks the books.
+pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
+    let clock = Arc::new(Clock {
+        started: Instant::now(),
+        timeline: Arc::new(Mutex::new(Vec::new())),
+        verbose: opts.verbose,
+    });
+    let name = unique("chaos");
+    let campaign = campaign(&name, &[("1-6", 25), ("7-20", 150)], 3);
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+
+    // Redis: a private server, so restarting it empty touches no other test.
+    let redis_port = free_port()?;
+    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let mut redis = Process {
+        name: "redis-server",
+        program: "redis-server".into(),
+        args: [
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: Vec::new(),
+        log: dir.join("redis.log"),
+        child: None,
+    };
+    redis.start()?;
+    let gate = connect_gate(&redis_url).await?;
+    let ledger = Ledger::connect(&opts.database_url, 4)
+        .await
+        .map_err(|e| e.to_string())?;
+    let admin = KafkaAdmin::new(&opts.brokers).map_err(|e| e.to_string())?;
+    provision(
+        &campaign,
+        &Backends {
+            gate: &gate,
+            ledger: &ledger,
+            topics: &admin,
+            brokers: &opts.brokers,
+            rebuild_after: opts.settle_after(),
+        },
+    )
+    .await
+    .map_err(|e| format!("provision: {e}"))?;
+
+    // The consumer reaches the database through a proxy that can cut it.
+    let db_target = host_port(&opts.database_url)?;
+    let proxy = Proxy::start(&db_target).await;
+    let api_port = free_port()?;
+    let api_addr = format!("127.0.0.1:{api_port}");
+    let common = vec![
+        ("CAMPAIGN".to_string(), name.clone()),
+        ("KAFKA_BROKERS".to_string(), opts.brokers.clone()),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ];
+    let mut api_env = common.clone();
+    api_env.extend([
+        ("REDIS_URL".to_string(), redis_url.clone()),
+        ("LISTEN".to_string(), api_addr.clone()),
+        (
+            "PUBLISH_TIMEOUT_MS".to_string(),
+            opts.publish_timeout.as_millis().to_string(),
+        ),
+    ]);
+    let mut api = Process {
+        name: "coupon-api",
+        program: opts.bin_dir.join("coupon-api"),
+        args: Vec::new(),
+        env: api_env,
+        log: dir.join("api.log"),
+        child: None,
+    };
+    let mut consumer_env = common;
+    consumer_env.extend([
+        (
+            "DATABASE_URL".to_string(),
+            proxy.url_for(&opts.database_url),
+        ),
+        ("METRICS_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+    ]);
+    let mut consumer = Process {
+        name: "coupon-consumer",
+        program: opts.bin_dir.join("coupon-consumer"),
+        args: Vec::new(),
+        env: consumer_env,
+        log: dir.join("consumer.log"),
+        child: None,
+    };
+    api.start()?;
+    consumer.start()?;
+    let http = reqwest::Client::builder()
+        .timeout(opts.publish_timeout * 3)
+        .build()
+        .map_err(|e| e.to_string())?;
+    wait_ready(&http, &api_addr, Duration::from_secs(30)).await?;
+    clock.note(format!(
+        "campaign {name}: api on {api_addr}, redis on {redis_port}, logs in {}",
+        dir.display()
+    ));
+
+    // The healer does what the operator does on its timer.
+    let stop_healer = CancellationToken::new();
+    let healed = Arc::new(Mutex::new((0usize, 0usize)));
+    let healer = tokio::spawn(heal_loop(
+        Healer {
+            campaign: campaign.clone(),
+            redis_url: redis_url.clone(),
+            database_url: opts.database_url.clone(),
+            brokers: opts.brokers.clone(),
+            settle_after: opts.settle_after(),
+        },
+        clock.clone(),
+        healed.clone(),
+        stop_healer.clone(),
+    ));
+
+    // The load.
+    let log = Arc::new(Mutex::new(ClientLog::default()));
+    let load_end = Instant::now() + opts.load;
+    let hang_ups = opts.faults.contains(&Fault::HangUps);
+    let mut clients = Vec::new();
+    for i in 0..opts.clients {
+        let impatient = hang_ups && i % 3 == 0;
+        let ctx = LoadClient {
+            http: http.clone(),
+            addr: api_addr.clone(),
+            campaign: name.clone(),
+            log: log.clone(),
+            end: load_end,
+            rng: SmallRng::seed_from_u64(i as u64 * 7919 + 1),
+        };
+        clients.push(if impatient {
+            tokio::spawn(ctx.hang_up_loop())
+        } else {
+            tokio::spawn(ctx.patient_loop())
+        });
+    }
+    clock.note(format!(
+        "load: {} clients for {:.0} s, 90% on coupons 1-6 (25 each), {USERS} users{}",
+        opts.clients,
+        opts.load.as_secs_f64(),
+        if hang_ups {
+            "; a third hang up within 0-4 ms"
+        } else {
+            ""
+        }
+    ));
+
+    // Faults in the first part of the load; the rest heals under load.
+    let periodic: Vec<Fault> = opts
+        .faults
+        .iter()
+        .copied()
+        .filter(|f| *f != Fault::HangUps)
+        .collect();
+    let fault_window = opts.load.saturating_sub(opts.settle_after() * 2 + Duration::from_secs(4));
+    let mut last_fault = Instant::now();
+    if !periodic.is_empty() && opts.rounds > 0 {
+        let step = fault_window / (opts.rounds as u32 + 1);
+        for round in 0..opts.rounds {
+            tokio::time::sleep(step).await;
+            let fault = periodic[round % periodic.len()];
+            inject(
+                fault,
+                &clock,
+                &mut api,
+                &mut consumer,
+                &mut redis,
+                &proxy,
+                &http,
+                &api_addr,
+            )
+            .await?;
+            last_fault = Instant::now();
+        }
+    }
+    for c in clients {
+        let _ = c.await;
+    }
+    if hang_ups {
+        last_fault = Instant::now();
+    }
+    clock.note("load over");
+
+    // Heal: drained, every reservation settled, gate = ledger.
+    let balanced_after = wait_balanced(&campaign, &gate, &ledger, &opts.brokers, &clock)
+        .await
+        .map(|()| last_fault.elapsed());
+    stop_healer.cancel();
+    let _ = healer.await;
+    let (kept, released) = *healed.lock().map_err(|e| e.to_string())?;
+    let clients = std::mem::take(&mut *log.lock().map_err(|e| e.to_string())?);
+    let accepted_log = AcceptedLog {
+        accepted: clients.accepted.clone(),
+        ambiguous: clients.ambiguous.clone(),
+    };
+    let report = verify(
+        &VerifyInput {
+            campaign: &name,
+            topic: &campaign.topic(),
+            brokers: &opts.brokers,
+            spec: Some(campaign.coupons().iter().map(|c| (c.id, c.quantity)).collect()),
+            accepted: Some(&accepted_log),
+        },
+        &gate,
+        &ledger,
+    )
+    .await
+    .map_err(|e| format!("verify: {e}"))?;
+    let problems = problems(&report, &clients, balanced_after.is_some());
+    api.kill9();
+    consumer.kill9();
+    redis.kill9();
+    let timeline = clock.timeline.lock().map_err(|e| e.to_string())?.clone();
+    Ok(ChaosOutcome {
+        campaign: name,
+        faults: opts.faults.clone(),
+        timeline,
+        clients,
+        kept,
+        released,
+        balanced_after,
+        report,
+        problems,
+    })
+}
+
+/// The promises, checked from the clients' side and the books' side.
+fn problems(report: &VerifyReport, clients: &ClientLog, balanced: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if !balanced {
+        out.push("the books did not balance in time".into());
+    }
+    for c in &report.checks {
+        if c.status == coupon_core::verify::Status::Fail {
+            out.push(format!("{} {}: {}", c.id, c.name, c.detail));
+        }
+    }
+    for line in &report.coupons {
+        if line.spec_quantity - line.issued != line.db_remaining {
+            out.push(format!(
+                "coupon {}: ledger remaining {} != quantity {} - issued {}",
+                line.coupon_id, line.db_remaining, line.spec_quantity, line.issued
+            ));
+        }
+        if line.redis_remaining != Some(line.db_remaining) {
+            out.push(format!(
+                "coupon {}: gate remaining {:?} != ledger remaining {}",
+                line.coupon_id, line.redis_remaining, line.db_remaining
+            ));
+        }
+        if clients.sold_out.contains(&line.coupon_id) && line.db_remaining > 0 {
+            out.push(format!(
+                "coupon {}: answered sold_out, yet {} left in the ledger",
+                line.coupon_id, line.db_remaining
+            ));
+        }
+    }
+    if let Some(first) = clients.unexpected.first() {
+        out.push(format!(
+            "{} unexpected answers, e.g. {first}",
+            clients.unexpected.len()
+        ));
+    }
+    if clients.accepted.is_empty() {
+        out.push("no request was accepted: the load never reached the system".into());
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn inject(
+    fault: Fault,
+    clock: &Clock,
+    api: &mut Process,
+    consumer: &mut Process,
+    redis: &mut Process,
+    proxy: &Proxy,
+    http: &reqwest::Client,
+    api_addr: &str,
+) -> Result<(), String> {
+    match fault {
+        Fault::KillApi => {
+            api.kill9();
+            clock.note("kill -9 coupon-api");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            api.start()?;
+            wait_ready(http, api_addr, Duration::from_secs(30)).await?;
+            clock.note("coupon-api restarted and ready");
+        }
+        Fault::KillConsumer => {
+            consumer.kill9();
+            clock.note("kill -9 coupon-consumer");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            consumer.start()?;
+            clock.note("coupon-consumer restarted");
+        }
+        Fault::CutDatabase => {
+            proxy.cut();
+            clock.note("database cut: every connection dropped, new ones refused");
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            proxy.restore();
+            clock.note("database back");
+        }
+        Fault::RestartRedis => {
+            redis.kill9();
+            clock.note("kill -9 redis-server");
+            redis.start()?;
+            clock.note("redis-server restarted empty");
+        }
+        Fault::HangUps => {}
+    }
+    Ok(())
+}
+
+async fn connect_gate(url: &str) -> Result<RedisGate, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RedisGate::connect(url).await {
+            Ok(g) => return Ok(g),
+            Err(e) if Instant::now() >= deadline => return Err(format!("redis {url}: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, addr: &str, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = http.get(format!("http://{addr}/readyz")).send().await
+            && r.status().as_u16() == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("coupon-api on {addr} not ready within {within:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn host_port(url: &str) -> Result<String, String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = u.host_str().ok_or_else(|| format!("{url}: no host"))?;
+    let port = u
+        .port_or_known_default()
+        .or(match u.scheme() {
+            "postgres" | "postgresql" => Some(5432),
+            "mysql" | "mariadb" => Some(3306),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{url}: no port"))?;
+    Ok(format!("{host}:{port}"))
+}
+
+struct Healer {
+    campaign: Campaign,
+    redis_url: String,
+    database_url: String,
+    brokers: String,
+    settle_after: Duration,
+}
+
+/// Every 500 ms: rebuild a lost gate, else settle (the operator's timer, compressed).
+async fn heal_loop(
+    h: Healer,
+    clock: Arc<Clock>,
+    totals: Arc<Mutex<(usize, usize)>>,
+    stop: CancellationToken,
+) {
+    let (Ok(gate), Ok(ledger), Ok(lag), Ok(admin)) = (
+        connect_gate(&h.redis_url).await,
+        Ledger::connect(&h.database_url, 2).await,
+        LagProbe::new(&h.brokers, &consumer_group(&h.campaign.name)),
+        KafkaAdmin::new(&h.brokers),
+    ) else {
+        clock.note("healer cannot connect");
+        return;
+    };
+    let topic = h.campaign.topic();
+    let mut waiting_logged = false;
+    while !stop.is_cancelled() {
+        match gate.catalog(&h.campaign.name).await {
+            Ok(None) => {
+                let rebuilt = provision(
+                    &h.campaign,
+                    &Backends {
+                        gate: &gate,
+                        ledger: &ledger,
+                        topics: &admin,
+                        brokers: &h.brokers,
+                        rebuild_after: h.settle_after,
+                    },
+                )
+                .await;
+                match rebuilt {
+                    Ok(r) => {
+                        clock.note(format!(
+                            "healer: gate rebuilt from the ledger ({} coupons)",
+                            r.gates_rebuilt.len()
+                        ));
+                        waiting_logged = false;
+                    }
+                    Err(e) if !waiting_logged => {
+                        clock.note(format!("healer: gate lost; {e}"));
+                        waiting_logged = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            Ok(Some(_)) => {
+                let settled = settle(
+                    &coupon_core::settlement::Books {
+                        campaign: &h.campaign.name,
+                        topic: &topic,
+                        gate: &gate,
+                        ledger: &ledger,
+                        lag: &lag,
+                    },
+                    &SettleOptions {
+                        min_age: h.settle_after,
+                        drain_timeout: Duration::from_secs(2),
+                        ..SettleOptions::default()
+                    },
+                )
+                .await;
+                if let Ok(r) = settled {
+                    if let Ok(mut t) = totals.lock() {
+                        t.0 += r.kept;
+                        t.1 += r.released;
+                    }
+                    if r.released > 0 {
+                        let coupons: Vec<String> = r
+                            .released_by_coupon
+                            .iter()
+                            .map(|(c, n)| format!("{c}x{n}"))
+                            .collect();
+                        clock.note(format!(
+                            "healer: released {} reservations with no event (coupon x count: {})",
+                            r.released,
+                            coupons.join(" ")
+                        ));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Waits (at most 120 s) until the topic is drained, nothing is unsettled and every coupon's
+/// gate agrees with the ledger.
+async fn wait_balanced(
+    campaign: &Campaign,
+    gate: &RedisGate,
+    ledger: &Ledger,
+    brokers: &str,
+    clock: &Clock,
+) -> Option<()> {
+    let lag = LagProbe::new(brokers, &consumer_group(&campaign.name)).ok()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let topic = campaign.topic();
+    loop {
+        let balanced = async {
+            let drained = lag.lag(&topic).await.ok()?.iter().all(|l| l.lag == 0);
+            let books = ledger.books(&campaign.name).await.ok()?;
+            let mut unsettled = 0;
+            let mut agree = true;
+            for b in &books {
+                let snap = gate.snapshot(&campaign.name, b.coupon_id).await.ok()?;
+                agree &= snap.map(|s| s.remaining) == Some(b.remaining);
+                unsettled += gate
+                    .unsettled(&campaign.name, b.coupon_id, 0, 0)
+                    .await
+                    .ok()?
+                    .count;
+            }
+            Some(drained && agree && unsettled == 0)
+        }
+        .await
+        .unwrap_or(false);
+        if balanced {
+            clock.note("books balanced: drained, every reservation settled, gate = ledger");
+            return Some(());
+        }
+        if Instant::now() >= deadline {
+            clock.note("books still not balanced after 120 s");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+struct LoadClient {
+    http: reqwest::Client,
+    addr: String,
+    campaign: String,
+    log: Arc<Mutex<ClientLog>>,
+    end: Instant,
+    rng: SmallRng,
+}
+
+impl LoadClient {
+    fn pick(&mut self) -> (CouponId, UserId, String) {
+        let coupon = if self.rng.random_bool(0.9) {
+            self.rng.random_range(HOT)
+        } else {
+            self.rng.random_range(*HOT.end() + 1..=COUPONS)
+        };
+        let user = self.rng.random_range(1..=USERS);
+        let key = Uuid::from_u128(self.rng.random()).simple().to_string();
+        (coupon, user, key)
+    }
+
+    fn record(&self, f: impl FnOnce(&mut ClientLog)) {
+        if let Ok(mut l) = self.log.lock() {
+            f(&mut l);
+        }
+    }
+
+    /// A real client: on a lost answer or a 503 it retries with the same key, then gives up.
+    async fn patient_loop(mut self) {
+        while Instant::now() < self.end {
+            let (coupon, user, key) = self.pick();
+            let id = keyed_request_id(&self.campaign, coupon, user, &key);
+            let url = format!("http://{}/api/coupons/{coupon}/issue", self.addr);
+            let body = format!(r#"{{"userId":{user}}}"#);
+            let mut settled = false;
+            for attempt in 0..4u32 {
+                if attempt > 0 {
+                    self.record(|l| l.retries += 1);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                let answer = self
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("idempotency-key", &key)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                let (status, json) = match answer {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let bytes = r.bytes().await.unwrap_or_default();
+                        (
+                            status,
+                            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default(),
+                        )
+                    }
+                    Err(_) => continue,
+                };
+                let code = json["code"].as_str().unwrap_or("").to_string();
+                match status {
+                    202 => {
+                        self.record(|l| {
+                            l.requests += 1;
+                            l.accepted.insert(id);
+                        });
+                        settled = true;
+                    }
+                    503 => continue,
+                    400..=499 => {
+                        self.record(|l| {
+                            l.requests += 1;
+                            if code == "sold_out" {
+                                l.sold_out.insert(coupon);
+                            }
+                            *l.refused.entry(code).or_default() += 1;
+                        });
+                        settled = true;
+                    }
+                    other => {
+                        self.record(|l| {
+                            l.requests += 1;
+                            l.unexpected.push(format!("HTTP {other}: {json}"));
+                        });
+                        settled = true;
+                    }
+                }
+                break;
+            }
+            if !settled {
+                self.record(|l| {
+                    l.requests += 1;
+                    l.ambiguous.insert(id);
+                });
+            }
+        }
+    }
+
+    /// An impatient client: sends the request and closes the connection within 0-4 ms.
+    async fn hang_up_loop(mut self) {
+        while Instant::now() < self.end {
+            let (coupon, user, key) = self.pick();
+            let id = keyed_request_id(&self.campaign, coupon, user, &key);
+            let body = format!(r#"{{"userId":{user}}}"#);
+            let request = format!(
+                "POST /api/coupons/{coupon}/issue HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nIdempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+                self.addr,
+                body.len()
+            );
+            let patience = Duration::from_micros(self.rng.random_range(0..4000));
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&self.addr).await {
+                let _ = s.write_all(request.as_bytes()).await;
+                tokio::time::sleep(patience).await;
+                drop(s);
+            }
+            self.record(|l| {
+                l.requests += 1;
+                l.ambiguous.insert(id);
+                *l.refused.entry("hung_up".into()).or_default() += 1;
+            });
+            // Paced, so the closed connections do not exhaust loopback's ephemeral ports.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
