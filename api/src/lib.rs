@@ -301,7 +301,10 @@ pub async fn serve(
         })
         .await?;
     if !state.finish_requests(finish_within).await {
-        tracing::warn!(?finish_within, "requests still running at shutdown; settlement will settle them");
+        tracing::warn!(
+            ?finish_within,
+            "requests still running at shutdown; settlement will settle them"
+        );
     }
     Ok(())
 }

@@ -80,8 +80,7 @@ pub fn keyed_request_id(campaign: &str, coupon: CouponId, user: UserId, key: &st
     )
 }
 
-impl IssueRequest {
-}
+impl IssueRequest {}
 
 pub fn parse_coupon_id(raw: &str) -> Result<CouponId, ApiError> {
     match raw.parse::<CouponId>() {

@@ -140,8 +140,12 @@ pub trait StockGate: Send + Sync {
         limit: usize,
     ) -> Result<Unsettled>;
     /// Settles reservations whose event is in the ledger: they stay, and leave the unsettled set.
-    async fn settle_issued(&self, campaign: &str, coupon: CouponId, r: &[Reservation])
-    -> Result<()>;
+    async fn settle_issued(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        r: &[Reservation],
+    ) -> Result<()>;
     /// Settles a reservation with no event: gives back stock and the user's slot, together, if
     /// it is still unsettled and was made (or last replayed) at or before `cutoff_ms`.
     async fn settle_released(
@@ -235,7 +239,9 @@ impl RedisGate {
                 .await?;
             removed += n;
         }
-        let n: usize = conn.del(&[catalog_key(campaign), lost_key(campaign)]).await?;
+        let n: usize = conn
+            .del(&[catalog_key(campaign), lost_key(campaign)])
+            .await?;
         Ok(removed + n)
     }
 

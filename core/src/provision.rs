@@ -156,7 +156,12 @@ async fn rebuild_is_safe(campaign: &Campaign, to: &Backends<'_>, coupon: CouponI
             wait_ms: grace - waited,
         });
     }
-    let lags = group_lag(to.brokers, &consumer_group(&campaign.name), &campaign.topic()).await?;
+    let lags = group_lag(
+        to.brokers,
+        &consumer_group(&campaign.name),
+        &campaign.topic(),
+    )
+    .await?;
     let lag: i64 = lags.iter().map(|l| l.lag).sum();
     if lag > 0 {
         return Err(Error::GateRebuildNeedsDrain { coupon, lag });

@@ -73,7 +73,10 @@ impl std::fmt::Display for SettleReport {
         write!(
             f,
             "{} unsettled, {} old enough: {} kept (issued), {} released{}",
-            self.unsettled, self.ripe, self.kept, self.released,
+            self.unsettled,
+            self.ripe,
+            self.kept,
+            self.released,
             if self.refreshed > 0 {
                 format!(", {} replayed since (next round)", self.refreshed)
             } else {
@@ -81,7 +84,10 @@ impl std::fmt::Display for SettleReport {
             }
         )?;
         if self.not_drained {
-            write!(f, "; consumers did not drain past the barrier, nothing settled")?;
+            write!(
+                f,
+                "; consumers did not drain past the barrier, nothing settled"
+            )?;
         }
         if let Some(age) = self.oldest_age_ms {
             write!(f, "; oldest {:.1} s", age as f64 / 1000.0)?;
@@ -133,18 +139,26 @@ pub async fn settle(books: &Books<'_>, opts: &SettleOptions) -> Result<SettleRep
     }
     let ids: Vec<_> = ripe.iter().map(|r| r.request_id).collect();
     let stored = books.ledger.stored_among(&ids).await?;
-    let (issued, orphans): (Vec<_>, Vec<_>) =
-        ripe.into_iter().partition(|r| stored.contains(&r.request_id));
+    let (issued, orphans): (Vec<_>, Vec<_>) = ripe
+        .into_iter()
+        .partition(|r| stored.contains(&r.request_id));
     let mut by_coupon: BTreeMap<CouponId, Vec<Reservation>> = BTreeMap::new();
     for r in issued {
         by_coupon.entry(r.coupon).or_default().push(r);
     }
     for (coupon, kept) in &by_coupon {
-        books.gate.settle_issued(books.campaign, *coupon, kept).await?;
+        books
+            .gate
+            .settle_issued(books.campaign, *coupon, kept)
+            .await?;
         report.kept += kept.len();
     }
     for r in orphans {
-        match books.gate.settle_released(books.campaign, &r, cutoff).await? {
+        match books
+            .gate
+            .settle_released(books.campaign, &r, cutoff)
+            .await?
+        {
             Released::Released => {
                 tracing::info!(request_id = %r.request_id, coupon = r.coupon, user = r.user,
                     age_ms = now - r.at_ms, "released a reservation that has no event");

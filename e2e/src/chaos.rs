@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coupon_api::request::keyed_request_id;
-use coupon_core::broker::{KafkaAdmin, LagProbe};
-use coupon_core::campaign::{Campaign, CouponId, UserId, consumer_group};
+use coupon_core::broker::{KafkaAdmin, LagProbe, PreCreatedTopics, TopicAdmin};
+use coupon_core::campaign::{Campaign, CouponId, UserId, consumer_group, dead_letter_topic};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
@@ -21,6 +21,9 @@ use coupon_core::settlement::{SettleOptions, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,16 @@ pub enum Fault {
     CutDatabase,
     /// Redis is SIGKILLed and restarted empty (no persistence): the gate is gone.
     RestartRedis,
+    /// The broker is unreachable for 2 s (librdkafka's mock cluster: tansu cannot be killed).
+    BrokerDown,
+    /// The broker refuses produce requests for 2 s (retriable errors, then a refusal).
+    BrokerRefuses,
+    /// The broker answers after 2.5 s, past the API's delivery deadline: outcomes unknown, yet
+    /// the events are in the log.
+    BrokerSlow,
+    /// The broker answers a produce request with an out-of-order sequence: the idempotent
+    /// producer's fatal error, after which the API must recreate its producer.
+    ProducerFatal,
 }
 
 impl Fault {
@@ -52,8 +65,24 @@ impl Fault {
         Fault::RestartRedis,
     ];
 
+    /// Faults of the broker, injected on librdkafka's mock cluster.
+    pub const BROKER: [Fault; 4] = [
+        Fault::BrokerDown,
+        Fault::BrokerRefuses,
+        Fault::BrokerSlow,
+        Fault::ProducerFatal,
+    ];
+
+    pub fn on_broker(self) -> bool {
+        Self::BROKER.contains(&self)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
+            Fault::BrokerDown => "broker-down",
+            Fault::BrokerRefuses => "broker-refuses",
+            Fault::BrokerSlow => "broker-slow",
+            Fault::ProducerFatal => "producer-fatal",
             Fault::HangUps => "hang-ups",
             Fault::KillApi => "kill-api",
             Fault::KillConsumer => "kill-consumer",
@@ -63,7 +92,10 @@ impl Fault {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == s)
+        Self::ALL
+            .into_iter()
+            .chain(Self::BROKER)
+            .find(|f| f.name() == s)
     }
 }
 
@@ -277,6 +309,9 @@ impl Drop for Process {
     }
 }
 
+/// The consumer's `session.timeout.ms`.
+const CONSUMER_SESSION: Duration = Duration::from_secs(10);
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -284,10 +319,21 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("no free port: {e}"))
 }
 
-/// The hot load's campaign: six small coupons take 90% of the requests.
+/// The hot load's campaign: six coupons take 90% of the requests and sell out one after the
+/// other during the load (25 to 4,000 each); fourteen larger ones stay on sale throughout, so
+/// every fault lands while reservations are being made.
 pub const HOT: std::ops::RangeInclusive<CouponId> = 1..=6;
+const STOCK: [(&str, i64); 7] = [
+    ("1", 25),
+    ("2", 200),
+    ("3", 500),
+    ("4", 1000),
+    ("5", 2000),
+    ("6", 4000),
+    ("7-20", 1000),
+];
 const COUPONS: CouponId = 20;
-const USERS: UserId = 300;
+const USERS: UserId = 20_000;
 
 /// Runs the load with the faults, heals, and checks the books.
 pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
@@ -297,7 +343,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         verbose: opts.verbose,
     });
     let name = unique("chaos");
-    let campaign = campaign(&name, &[("1-6", 25), ("7-20", 150)], 3);
+    let campaign = campaign(&name, &STOCK, 3);
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
@@ -328,14 +374,32 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let ledger = Ledger::connect(&opts.database_url, 4)
         .await
         .map_err(|e| e.to_string())?;
-    let admin = KafkaAdmin::new(&opts.brokers).map_err(|e| e.to_string())?;
+    // Broker faults need a broker that can fail on demand: librdkafka's mock cluster, which the
+    // real binaries reach over TCP like any broker.
+    let mock = if opts.faults.iter().any(|f| f.on_broker()) {
+        let mock = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
+        let topic = campaign.topic();
+        mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
+            .and_then(|()| mock.create_topic(&dead_letter_topic(&topic), 1, 1))
+            .map_err(|e| format!("mock topics: {e}"))?;
+        Some(mock)
+    } else {
+        None
+    };
+    let brokers = mock
+        .as_ref()
+        .map_or_else(|| opts.brokers.clone(), MockCluster::bootstrap_servers);
+    let topics: Box<dyn TopicAdmin> = match &mock {
+        Some(_) => Box::new(PreCreatedTopics(brokers.clone())),
+        None => Box::new(KafkaAdmin::new(&brokers).map_err(|e| e.to_string())?),
+    };
     provision(
         &campaign,
         &Backends {
             gate: &gate,
             ledger: &ledger,
-            topics: &admin,
-            brokers: &opts.brokers,
+            topics: topics.as_ref(),
+            brokers: &brokers,
             rebuild_after: opts.settle_after(),
         },
     )
@@ -349,8 +413,11 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let api_addr = format!("127.0.0.1:{api_port}");
     let common = vec![
         ("CAMPAIGN".to_string(), name.clone()),
-        ("KAFKA_BROKERS".to_string(), opts.brokers.clone()),
-        ("RUST_LOG".to_string(), "warn".to_string()),
+        ("KAFKA_BROKERS".to_string(), brokers.clone()),
+        (
+            "RUST_LOG".to_string(),
+            std::env::var("CHAOS_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ];
     let mut api_env = common.clone();
     api_env.extend([
@@ -405,7 +472,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             campaign: campaign.clone(),
             redis_url: redis_url.clone(),
             database_url: opts.database_url.clone(),
-            brokers: opts.brokers.clone(),
+            brokers: brokers.clone(),
             settle_after: opts.settle_after(),
         },
         clock.clone(),
@@ -435,7 +502,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         });
     }
     clock.note(format!(
-        "load: {} clients for {:.0} s, 90% on coupons 1-6 (25 each), {USERS} users{}",
+        "load: {} clients for {:.0} s, 90% on coupons 1-6 (25 to 4000 each), {USERS} users{}",
         opts.clients,
         opts.load.as_secs_f64(),
         if hang_ups {
@@ -452,7 +519,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         .copied()
         .filter(|f| *f != Fault::HangUps)
         .collect();
-    let fault_window = opts.load.saturating_sub(opts.settle_after() * 2 + Duration::from_secs(4));
+    let fault_window = opts
+        .load
+        .saturating_sub(opts.settle_after() * 2 + Duration::from_secs(4));
     let mut last_fault = Instant::now();
     if !periodic.is_empty() && opts.rounds > 0 {
         let step = fault_window / (opts.rounds as u32 + 1);
@@ -462,10 +531,13 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             inject(
                 fault,
                 &clock,
-                &mut api,
-                &mut consumer,
-                &mut redis,
-                &proxy,
+                &mut Targets {
+                    api: &mut api,
+                    consumer: &mut consumer,
+                    redis: &mut redis,
+                    proxy: &proxy,
+                    mock: mock.as_ref(),
+                },
                 &http,
                 &api_addr,
             )
@@ -481,8 +553,25 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     }
     clock.note("load over");
 
+    // Healed means serving: a new user asks for a coupon still on sale and gets it.
+    let probe = final_probe(&http, &api_addr, &name).await;
+    match &probe {
+        Ok(id) => {
+            if let Ok(mut l) = log.lock() {
+                l.requests += 1;
+                l.accepted.insert(*id);
+            }
+            clock.note("a new request after the faults: 202");
+        }
+        Err(e) => clock.note(format!("a new request after the faults: {e}")),
+    }
+    let recreated = scrape(&http, &api_addr, "coupon_api_producer_recreated").await;
+    if let Some(n) = recreated {
+        clock.note(format!("the API recreated its producer {n} times"));
+    }
+
     // Heal: drained, every reservation settled, gate = ledger.
-    let balanced_after = wait_balanced(&campaign, &gate, &ledger, &opts.brokers, &clock)
+    let balanced_after = wait_balanced(&campaign, &gate, &ledger, &brokers, &clock)
         .await
         .map(|()| last_fault.elapsed());
     stop_healer.cancel();
@@ -497,8 +586,14 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         &VerifyInput {
             campaign: &name,
             topic: &campaign.topic(),
-            brokers: &opts.brokers,
-            spec: Some(campaign.coupons().iter().map(|c| (c.id, c.quantity)).collect()),
+            brokers: &brokers,
+            spec: Some(
+                campaign
+                    .coupons()
+                    .iter()
+                    .map(|c| (c.id, c.quantity))
+                    .collect(),
+            ),
             accepted: Some(&accepted_log),
         },
         &gate,
@@ -506,7 +601,13 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     )
     .await
     .map_err(|e| format!("verify: {e}"))?;
-    let problems = problems(&report, &clients, balanced_after.is_some());
+    let mut problems = problems(&report, &clients, balanced_after.is_some());
+    if let Err(e) = probe {
+        problems.push(format!("not serving after the faults: {e}"));
+    }
+    if opts.faults.contains(&Fault::ProducerFatal) && recreated.unwrap_or(0) < 1 {
+        problems.push("the producer's fatal error did not recreate it".into());
+    }
     api.kill9();
     consumer.kill9();
     redis.kill9();
@@ -567,17 +668,35 @@ fn problems(report: &VerifyReport, clients: &ClientLog, balanced: bool) -> Vec<S
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+type Mock = MockCluster<'static, DefaultProducerContext>;
+
+/// What the faults act on.
+struct Targets<'a> {
+    api: &'a mut Process,
+    consumer: &'a mut Process,
+    redis: &'a mut Process,
+    proxy: &'a Proxy,
+    mock: Option<&'a Mock>,
+}
+
 async fn inject(
     fault: Fault,
     clock: &Clock,
-    api: &mut Process,
-    consumer: &mut Process,
-    redis: &mut Process,
-    proxy: &Proxy,
+    t: &mut Targets<'_>,
     http: &reqwest::Client,
     api_addr: &str,
 ) -> Result<(), String> {
+    let Targets {
+        api,
+        consumer,
+        redis,
+        proxy,
+        mock,
+    } = t;
+    if fault.on_broker() {
+        let mock = mock.ok_or("a broker fault needs the mock cluster")?;
+        return inject_broker(fault, clock, mock).await;
+    }
     match fault {
         Fault::KillApi => {
             api.kill9();
@@ -590,7 +709,10 @@ async fn inject(
         Fault::KillConsumer => {
             consumer.kill9();
             clock.note("kill -9 coupon-consumer");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // tansu 0.6's group coordinator strands a group whose member died and rejoined
+            // within its session (the newcomer is assigned nothing, for good); Kubernetes' restart
+            // back-off is of this order anyway. Real Kafka rebalances either way.
+            tokio::time::sleep(CONSUMER_SESSION + Duration::from_secs(1)).await;
             consumer.start()?;
             clock.note("coupon-consumer restarted");
         }
@@ -607,9 +729,88 @@ async fn inject(
             redis.start()?;
             clock.note("redis-server restarted empty");
         }
-        Fault::HangUps => {}
+        _ => {}
     }
     Ok(())
+}
+
+async fn inject_broker(fault: Fault, clock: &Clock, mock: &Mock) -> Result<(), String> {
+    let broker = |r: rdkafka::error::KafkaResult<()>| r.map_err(|e| format!("mock cluster: {e}"));
+    match fault {
+        Fault::BrokerDown => {
+            broker(mock.broker_down(1))?;
+            clock.note("broker down");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker(mock.broker_up(1))?;
+            clock.note("broker back");
+        }
+        Fault::BrokerRefuses => {
+            let mut errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 40];
+            errors.push(RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+            mock.request_errors(RDKafkaApiKey::Produce, &errors);
+            clock.note("broker refusing produce requests (not enough replicas)");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            mock.clear_request_errors(RDKafkaApiKey::Produce);
+            clock.note("broker accepting again");
+        }
+        Fault::BrokerSlow => {
+            broker(mock.broker_round_trip_time(1, Duration::from_millis(2500)))?;
+            clock.note("broker answering after 2.5 s (past the delivery deadline)");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            broker(mock.broker_round_trip_time(1, Duration::ZERO))?;
+            clock.note("broker answering at once again");
+        }
+        Fault::ProducerFatal => {
+            mock.request_errors(
+                RDKafkaApiKey::Produce,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+            );
+            clock.note("broker answers out-of-order sequence: the producer's fatal error");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// One patient request by a user the load never uses, on a coupon that stays on sale.
+async fn final_probe(http: &reqwest::Client, addr: &str, campaign: &str) -> Result<Uuid, String> {
+    let (coupon, user) = (COUPONS, USERS + 1);
+    let key = Uuid::now_v7().simple().to_string();
+    let mut last = String::new();
+    for _ in 0..20 {
+        let answer = http
+            .post(format!("http://{addr}/api/coupons/{coupon}/issue"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", &key)
+            .body(format!(r#"{{"userId":{user}}}"#))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().as_u16() == 202 => {
+                return Ok(keyed_request_id(campaign, coupon, user, &key));
+            }
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!("no 202 in 10 s (last: {last})"))
+}
+
+/// One sample of an unlabelled metric on the API's /metrics page.
+async fn scrape(http: &reqwest::Client, addr: &str, metric: &str) -> Option<i64> {
+    let page = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    page.lines()
+        .filter(|l| l.starts_with(metric))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as i64)
 }
 
 async fn connect_gate(url: &str) -> Result<RedisGate, String> {

@@ -55,3 +55,15 @@ async fn every_fault_postgres() {
 async fn every_fault_mariadb() {
     chaos(&Fault::ALL, &mysql_url()).await;
 }
+
+/// The broker down, refusing, answering past the delivery deadline, and the idempotent
+/// producer's fatal error, on librdkafka's mock cluster (tansu cannot survive a kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_faults_postgres() {
+    chaos(&Fault::BROKER, &postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_faults_mariadb() {
+    chaos(&Fault::BROKER, &mysql_url()).await;
+}

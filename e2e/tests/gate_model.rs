@@ -11,13 +11,33 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Reserve { coupon: u32, user: u64, id: usize },
-    Release { coupon: u32, user: u64, id: usize },
-    Grow { coupon: u32, by: i64 },
+    Reserve {
+        coupon: u32,
+        user: u64,
+        id: usize,
+    },
+    Release {
+        coupon: u32,
+        user: u64,
+        id: usize,
+    },
+    Grow {
+        coupon: u32,
+        by: i64,
+    },
     /// Settlement found the event in the ledger.
-    SettleIssued { coupon: u32, user: u64, id: usize },
+    SettleIssued {
+        coupon: u32,
+        user: u64,
+        id: usize,
+    },
     /// Settlement found no event; `late`: the cutoff is after every reservation (else before).
-    SettleReleased { coupon: u32, user: u64, id: usize, late: bool },
+    SettleReleased {
+        coupon: u32,
+        user: u64,
+        id: usize,
+        late: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -101,14 +121,31 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
             }
             Op::SettleIssued { coupon, user, id } => {
                 let r = [reservation(coupon, user, ids[id])];
-                redis.settle_issued(&campaign, coupon, &r).await.expect("redis");
-                memory.settle_issued(&campaign, coupon, &r).await.expect("memory");
+                redis
+                    .settle_issued(&campaign, coupon, &r)
+                    .await
+                    .expect("redis");
+                memory
+                    .settle_issued(&campaign, coupon, &r)
+                    .await
+                    .expect("memory");
             }
-            Op::SettleReleased { coupon, user, id, late } => {
+            Op::SettleReleased {
+                coupon,
+                user,
+                id,
+                late,
+            } => {
                 let r = reservation(coupon, user, ids[id]);
                 let cutoff = if late { i64::MAX / 4 } else { 0 };
-                let a = redis.settle_released(&campaign, &r, cutoff).await.expect("redis");
-                let b = memory.settle_released(&campaign, &r, cutoff).await.expect("memory");
+                let a = redis
+                    .settle_released(&campaign, &r, cutoff)
+                    .await
+                    .expect("redis");
+                let b = memory
+                    .settle_released(&campaign, &r, cutoff)
+                    .await
+                    .expect("memory");
                 prop_assert_eq!(a, b, "step {}: {:?}", step, op);
             }
         }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use coupon_core::broker::{KafkaAdmin, LagProbe};
+use coupon_core::broker::{KafkaAdmin, LagProbe, PartitionLag};
 use coupon_core::campaign::{Campaign, consumer_group};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
@@ -30,7 +30,12 @@ use crate::crd::{
     ConsumerStatus, CouponCampaign, CouponCampaignStatus, DeletionPolicy, PartitionLagStatus,
     Phase, SecretKey,
 };
-use crate::scaling::{self, Policy};
+use crate::scaling::{self, Decision, Policy};
+use crate::status::{condition, keep_transition_times};
+
+/// Redis URL, Kafka bootstrap servers and database URL, read from the campaign's Secret.
+/// Holds credentials: never logged.
+pub type BackendUrls = (String, String, String);
 
 /// One autoscaler recommendation and when it was made.
 type Recommendation = (DateTime<Utc>, i32);
@@ -65,12 +70,56 @@ impl Error {
     }
 }
 
+/// What one reconcile pass says about itself: its events and conditions, written at the end.
+struct Pass {
+    generation: Option<i64>,
+    events: Vec<(&'static str, String, EventType)>,
+    conditions: Vec<Condition>,
+    /// Why the campaign cannot be served as specified, if it cannot.
+    degraded: Option<String>,
+    api_ready: bool,
+}
+
+impl Pass {
+    fn new(cc: &CouponCampaign) -> Self {
+        Self {
+            generation: cc.metadata.generation,
+            events: Vec::new(),
+            conditions: Vec::new(),
+            degraded: None,
+            api_ready: false,
+        }
+    }
+
+    fn event(&mut self, reason: &'static str, note: String, type_: EventType) {
+        self.events.push((reason, note, type_));
+    }
+}
+
+/// The scaling phase's outcome.
+pub(crate) struct Scale {
+    pub current: i32,
+    /// What the consumer Deployment gets (`current` while paused).
+    pub desired: i32,
+    pub max: i32,
+    pub decision: Decision,
+}
+
+/// The settlement registry's key of a campaign.
+fn settlement_key(cc: &CouponCampaign) -> String {
+    format!(
+        "{}/{}",
+        cc.namespace().unwrap_or_else(|| "default".into()),
+        cc.name_any()
+    )
+}
+
 /// What [`CouponCampaign::read_books`] found.
-struct Books {
-    books: Vec<coupon_core::ledger::CouponBook>,
+pub(crate) struct Books {
+    pub books: Vec<coupon_core::ledger::CouponBook>,
     /// The gate's remaining stock per coupon, in `books` order (`None`: the key is gone).
-    gate: Vec<Option<i64>>,
-    lost: bool,
+    pub gate: Vec<Option<i64>>,
+    pub lost: bool,
 }
 
 /// Connected backends, reused across reconciles of campaigns that share them.
@@ -97,6 +146,10 @@ pub struct Context {
     /// Reservations are settled, and a lost gate rebuilt, only this long after the fact (more
     /// than the API's delivery deadline).
     pub settle_after: Duration,
+    /// How often the settlement timer runs.
+    pub settle_every: Duration,
+    /// Campaigns the settlement timer settles.
+    pub settlements: crate::settlement::Registry,
 }
 
 impl Context {
@@ -114,6 +167,8 @@ impl Context {
             metrics: crate::metrics::Metrics::default(),
             workload_image: children::DEFAULT_WORKLOAD_IMAGE.into(),
             settle_after: coupon_core::provision::DELIVERY_GRACE,
+            settle_every: Duration::from_secs(10),
+            settlements: crate::settlement::Registry::default(),
         }
     }
 
@@ -122,7 +177,7 @@ impl Context {
         self
     }
 
-    async fn connect(&self, urls: (String, String, String)) -> Result<Connected, Error> {
+    pub(crate) async fn connect(&self, urls: BackendUrls) -> Result<Connected, Error> {
         let mut cache = self.backends.lock().await;
         if let Some(c) = cache.get(&urls) {
             return Ok(c.clone());
@@ -137,7 +192,7 @@ impl Context {
         Ok(connected)
     }
 
-    fn lag_probe(&self, brokers: &str, group: &str) -> Result<LagProbe, Error> {
+    pub(crate) fn lag_probe(&self, brokers: &str, group: &str) -> Result<LagProbe, Error> {
         let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (brokers.to_string(), group.to_string());
         if let Some(p) = probes.get(&key) {
@@ -177,25 +232,8 @@ pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(10))
 }
 
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
-    }
-}
-
 impl CouponCampaign {
-    async fn backend_urls(&self, client: &Client) -> Result<(String, String, String), Error> {
+    async fn backend_urls(&self, client: &Client) -> Result<BackendUrls, Error> {
         let ns = self.namespace().unwrap_or_else(|| "default".into());
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let mut cache: BTreeMap<String, Secret> = BTreeMap::new();
@@ -242,114 +280,129 @@ impl CouponCampaign {
         Ok(Books { books, gate, lost })
     }
 
+    /// One pass: provision, scale, children, settle, status; each phase its own function.
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
-        let name = self.name_any();
-        let ns = self.namespace().unwrap_or_else(|| "default".into());
-        let generation = self.metadata.generation;
+        let campaign = Campaign::new(self.name_any(), self.spec.campaign.clone())?;
+        let urls = self.backend_urls(&ctx.client).await?;
+        let be = ctx.connect(urls.clone()).await?;
+        let mut pass = Pass::new(self);
+        let books = self.provision(ctx, &campaign, &be, &mut pass).await?;
+        let lags = ctx
+            .lag_probe(&be.brokers, &consumer_group(&campaign.name))?
+            .lag(&campaign.topic())
+            .await?;
+        let scale = self.scale(ctx, &campaign, &lags).await?;
+        self.children(ctx, &scale, &mut pass).await?;
+        let phase = self.phase(&campaign, &books, &pass);
+        self.settle(
+            ctx,
+            &campaign,
+            urls,
+            phase,
+            &books,
+            scale.decision.total_lag,
+            &mut pass,
+        );
+        ctx.metrics.observe(&campaign.name, &lags, &books, &scale);
+        self.write_status(ctx, phase, &books, &lags, &scale, pass)
+            .await?;
+        Ok(Action::requeue(ctx.period))
+    }
+
+    /// Provisions when the spec changed, or when the gate lost the campaign (Redis restarted);
+    /// returns the books as they are after it.
+    async fn provision(
+        &self,
+        ctx: &Context,
+        campaign: &Campaign,
+        be: &Connected,
+        pass: &mut Pass,
+    ) -> Result<Books, Error> {
+        let read = self.read_books(be).await?;
         let old = self.status.clone().unwrap_or_default();
-        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        let reference = self.object_ref(&());
-        let mut events = Vec::new();
-        let mut conditions = Vec::new();
-
-        let campaign = Campaign::new(name.clone(), self.spec.campaign.clone())?;
-        let be = ctx.connect(self.backend_urls(&ctx.client).await?).await?;
-        let topic = campaign.topic();
-
-        // Provision when the spec changed, or when the gate lost the campaign (Redis restarted).
-        let mut read = self.read_books(&be).await?;
-        let spec_changed = old.observed_generation != generation;
-        let mut degraded = None;
-        let provisioning = spec_changed || read.lost;
-        if provisioning {
-            let admin = KafkaAdmin::new(&be.brokers)?;
-            let result = provision(
-                &campaign,
-                &Backends {
-                    gate: be.gate.as_ref(),
-                    ledger: &be.ledger,
-                    topics: &admin,
-                    brokers: &be.brokers,
-                    rebuild_after: ctx.settle_after,
-                },
-            )
-            .await;
-            match result {
-                Ok(report) => {
-                    let note = report.to_string();
-                    events.push(("Provisioned", note.clone(), EventType::Normal));
-                    conditions.push(condition(
-                        "StockLoaded",
-                        true,
-                        "Provisioned",
-                        note,
-                        generation,
-                    ));
-                    conditions.push(condition(
-                        "TopicReady",
-                        true,
-                        "TopicReady",
-                        format!("topic {topic} ready"),
-                        generation,
-                    ));
-                }
-                Err(e @ coupon_core::Error::PartitionDecrease { .. }) => {
-                    events.push((
-                        "PartitionDecreaseRefused",
-                        e.to_string(),
-                        EventType::Warning,
-                    ));
-                    conditions.push(condition(
-                        "TopicReady",
-                        false,
-                        "PartitionDecreaseRefused",
-                        e.to_string(),
-                        generation,
-                    ));
-                    degraded = Some(e.to_string());
-                }
-                Err(e) => {
-                    events.push(("ProvisioningFailed", e.to_string(), EventType::Warning));
-                    conditions.push(condition(
-                        "StockLoaded",
-                        false,
-                        "ProvisioningFailed",
-                        e.to_string(),
-                        generation,
-                    ));
-                    degraded = Some(e.to_string());
-                }
-            }
-        } else {
-            conditions.extend(
+        if old.observed_generation == pass.generation && !read.lost {
+            pass.conditions.extend(
                 old.conditions
                     .iter()
                     .filter(|c| c.type_ == "StockLoaded" || c.type_ == "TopicReady")
                     .cloned(),
             );
+            return Ok(read);
         }
+        let admin = KafkaAdmin::new(&be.brokers)?;
+        let result = provision(
+            campaign,
+            &Backends {
+                gate: be.gate.as_ref(),
+                ledger: &be.ledger,
+                topics: &admin,
+                brokers: &be.brokers,
+                rebuild_after: ctx.settle_after,
+            },
+        )
+        .await;
+        let g = pass.generation;
+        match result {
+            Ok(report) => {
+                let note = report.to_string();
+                pass.event("Provisioned", note.clone(), EventType::Normal);
+                pass.conditions
+                    .push(condition("StockLoaded", true, "Provisioned", note, g));
+                pass.conditions.push(condition(
+                    "TopicReady",
+                    true,
+                    "TopicReady",
+                    format!("topic {} ready", campaign.topic()),
+                    g,
+                ));
+            }
+            Err(e @ coupon_core::Error::PartitionDecrease { .. }) => {
+                pass.event(
+                    "PartitionDecreaseRefused",
+                    e.to_string(),
+                    EventType::Warning,
+                );
+                pass.conditions.push(condition(
+                    "TopicReady",
+                    false,
+                    "PartitionDecreaseRefused",
+                    e.to_string(),
+                    g,
+                ));
+                pass.degraded = Some(e.to_string());
+            }
+            Err(e) => {
+                pass.event("ProvisioningFailed", e.to_string(), EventType::Warning);
+                pass.conditions.push(condition(
+                    "StockLoaded",
+                    false,
+                    "ProvisioningFailed",
+                    e.to_string(),
+                    g,
+                ));
+                pass.degraded = Some(e.to_string());
+            }
+        }
+        self.read_books(be).await
+    }
 
-        // Lag, books and the scaling decision.
-        let lags = ctx
-            .lag_probe(&be.brokers, &consumer_group(&name))?
-            .lag(&topic)
-            .await?;
-        if provisioning {
-            read = self.read_books(&be).await?;
-        }
-        let Books { books, gate, .. } = read;
-        let remaining: i64 = gate.iter().flatten().sum();
+    /// The autoscaler's decision on exact lag, within the scale-down window.
+    async fn scale(
+        &self,
+        ctx: &Context,
+        campaign: &Campaign,
+        lags: &[PartitionLag],
+    ) -> Result<Scale, Error> {
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
         let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let consumer_name = children::name(self, Component::Consumer);
-        let live_consumer = deployments.get_opt(&consumer_name).await?;
-        let current = live_consumer
-            .as_ref()
-            .and_then(|d| d.spec.as_ref())
+        let current = deployments
+            .get_opt(&children::name(self, Component::Consumer))
+            .await?
+            .and_then(|d| d.spec)
             .and_then(|s| s.replicas)
             .unwrap_or(self.spec.consumers.min_replicas);
         let now = Utc::now();
-        let window = campaign.window();
-        let window_ended = window.ends_at.is_some_and(|e| now >= e);
+        let window_ended = campaign.window().ends_at.is_some_and(|e| now >= e);
         let c = &self.spec.consumers;
         let policy = Policy {
             min_replicas: c.min_replicas,
@@ -357,149 +410,179 @@ impl CouponCampaign {
             target_lag_per_replica: c.target_lag_per_replica,
             scale_down_stabilization: chrono::Duration::seconds(c.scale_down_stabilization_seconds),
         };
-        let decision = {
-            let mut history = ctx.history.lock().unwrap_or_else(PoisonError::into_inner);
-            let h = history.entry(format!("{ns}/{name}")).or_default();
-            let since = now - policy.scale_down_stabilization;
-            h.retain(|(at, _)| *at > since);
-            let d = scaling::decide(
-                &policy,
-                &scaling::Observation {
-                    now,
-                    lags: &lags,
-                    current_replicas: current,
-                    window_ended,
-                    history: h,
-                },
-            );
-            h.push((now, d.recommendation));
-            d
-        };
-        let m = &ctx.metrics;
-        for l in &lags {
-            m.lag
-                .with_label_values(&[name.as_str(), &l.partition.to_string()])
-                .set(l.lag);
-        }
-        m.lag_total
-            .with_label_values(&[name.as_str()])
-            .set(decision.total_lag);
-        m.replicas_current
-            .with_label_values(&[name.as_str()])
-            .set(i64::from(current));
-        let desired = if self.spec.paused {
-            current
-        } else {
-            decision.desired
-        };
-        m.replicas_desired
-            .with_label_values(&[name.as_str()])
-            .set(i64::from(desired));
-        m.replicas_max
-            .with_label_values(&[name.as_str()])
-            .set(i64::from(c.max_replicas));
-        // Redis and the ledger must agree once nothing is in flight; while events wait in the
-        // topic the difference is expected, so drift is only judged on a drained topic.
-        let drained = decision.total_lag == 0;
-        for (b, left) in books.iter().zip(&gate) {
-            let labels = [name.as_str(), &b.coupon_id.to_string()];
-            if let Some(left) = left {
-                m.stock_remaining.with_label_values(&labels).set(*left);
-            }
-            m.stock_quantity
-                .with_label_values(&labels)
-                .set(b.total_quantity);
-            m.issued.with_label_values(&labels).set(b.issued);
-            let drift = match left {
-                Some(left) if drained => b.remaining - left,
-                _ => 0,
-            };
-            m.drift.with_label_values(&labels).set(drift);
-        }
+        let mut history = ctx.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let h = history
+            .entry(format!("{ns}/{}", campaign.name))
+            .or_default();
+        let since = now - policy.scale_down_stabilization;
+        h.retain(|(at, _)| *at > since);
+        let decision = scaling::decide(
+            &policy,
+            &scaling::Observation {
+                now,
+                lags,
+                current_replicas: current,
+                window_ended,
+                history: h,
+            },
+        );
+        h.push((now, decision.recommendation));
+        Ok(Scale {
+            current,
+            desired: if self.spec.paused {
+                current
+            } else {
+                decision.desired
+            },
+            max: c.max_replicas,
+            decision,
+        })
+    }
 
-        // Children, written only when what we want differs from what we last wrote.
-        let mut wrote = 0;
-        wrote += apply_child(
-            &ctx.client,
-            &ns,
-            children::api_deployment(self, &ctx.workload_image),
-        )
-        .await? as usize;
-        wrote += apply_child(&ctx.client, &ns, children::api_service(self)).await? as usize;
-        wrote += apply_child(
-            &ctx.client,
-            &ns,
-            children::consumer_deployment(self, desired, &ctx.workload_image),
-        )
-        .await? as usize;
-        wrote += apply_child(
-            &ctx.client,
-            &ns,
-            children::disruption_budget(self, Component::Api),
-        )
-        .await? as usize;
-        wrote += apply_child(
-            &ctx.client,
-            &ns,
-            children::disruption_budget(self, Component::Consumer),
-        )
-        .await? as usize;
+    /// Writes the children that differ from what we last wrote; notes whether the API is up.
+    async fn children(&self, ctx: &Context, scale: &Scale, pass: &mut Pass) -> Result<(), Error> {
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
+        let image = &ctx.workload_image;
+        let client = &ctx.client;
+        let wrote = [
+            apply_child(client, &ns, children::api_deployment(self, image)).await?,
+            apply_child(client, &ns, children::api_service(self)).await?,
+            apply_child(
+                client,
+                &ns,
+                children::consumer_deployment(self, scale.desired, image),
+            )
+            .await?,
+            apply_child(
+                client,
+                &ns,
+                children::disruption_budget(self, Component::Api),
+            )
+            .await?,
+            apply_child(
+                client,
+                &ns,
+                children::disruption_budget(self, Component::Consumer),
+            )
+            .await?,
+        ]
+        .into_iter()
+        .filter(|w| *w)
+        .count();
         if wrote > 0 {
-            events.push((
+            pass.event(
                 "WorkloadsApplied",
                 format!("{wrote} child objects written"),
                 EventType::Normal,
-            ));
+            );
         }
-        let scaled = desired != current;
-        if scaled {
-            events.push((
+        if scale.desired != scale.current {
+            pass.event(
                 "Scaled",
                 format!(
-                    "consumers {current} -> {desired} (lag {}, {:?})",
-                    decision.total_lag, decision.reason
+                    "consumers {} -> {} (lag {}, {:?})",
+                    scale.current, scale.desired, scale.decision.total_lag, scale.decision.reason
                 ),
                 EventType::Normal,
-            ));
+            );
         }
-        let api_ready = deployments
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        pass.api_ready = deployments
             .get_opt(&children::name(self, Component::Api))
             .await?
             .and_then(|d| d.status)
             .and_then(|s| s.available_replicas)
             .unwrap_or(0)
             > 0;
-        conditions.push(condition(
+        pass.conditions.push(condition(
             "WorkloadsReady",
-            api_ready,
-            if api_ready {
+            pass.api_ready,
+            if pass.api_ready {
                 "Available"
             } else {
                 "Progressing"
             },
-            format!("API available: {api_ready}; consumers {current}/{desired}"),
-            generation,
+            format!(
+                "API available: {}; consumers {}/{}",
+                pass.api_ready, scale.current, scale.desired
+            ),
+            pass.generation,
         ));
-        let issued: i64 = books.iter().map(|b| b.issued).sum();
-        let quantity: i64 = books.iter().map(|b| b.total_quantity).sum();
-        let phase = match () {
-            _ if degraded.is_some() => Phase::Degraded,
+        Ok(())
+    }
+
+    fn phase(&self, campaign: &Campaign, books: &Books, pass: &Pass) -> Phase {
+        let now = Utc::now();
+        let window = campaign.window();
+        let quantity: i64 = books.books.iter().map(|b| b.total_quantity).sum();
+        let remaining: i64 = books.gate.iter().flatten().sum();
+        match () {
+            _ if pass.degraded.is_some() => Phase::Degraded,
             _ if self.spec.paused => Phase::Paused,
             _ if window.starts_at.is_some_and(|s| now < s) => Phase::Scheduled,
-            _ if window_ended => Phase::Ended,
+            _ if window.ends_at.is_some_and(|e| now >= e) => Phase::Ended,
             _ if quantity > 0 && remaining == 0 => Phase::SoldOut,
             _ => Phase::Live,
-        };
-        let ready = degraded.is_none() && api_ready;
-        conditions.push(condition(
+        }
+    }
+
+    /// Hands the campaign to the settlement timer and reports what its last round left.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        ctx: &Context,
+        campaign: &Campaign,
+        urls: BackendUrls,
+        phase: Phase,
+        books: &Books,
+        lag: i64,
+        pass: &mut Pass,
+    ) {
+        let key = settlement_key(self);
+        ctx.metrics.init_settlement(&campaign.name);
+        ctx.settlements.register(
+            key.clone(),
+            crate::settlement::Entry {
+                campaign: campaign.name.clone(),
+                topic: campaign.topic(),
+                urls,
+                phase,
+                reference: self.object_ref(&()),
+            },
+        );
+        pass.conditions.push(crate::status::books_balanced(
+            &books.books,
+            &books.gate,
+            lag,
+            ctx.settlements.last_report(&key).as_ref(),
+            pass.generation,
+        ));
+    }
+
+    /// Status by server-side apply when it changed, then the pass's events.
+    async fn write_status(
+        &self,
+        ctx: &Context,
+        phase: Phase,
+        books: &Books,
+        lags: &[PartitionLag],
+        scale: &Scale,
+        mut pass: Pass,
+    ) -> Result<(), Error> {
+        let name = self.name_any();
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
+        let old = self.status.clone().unwrap_or_default();
+        let ready = pass.degraded.is_none() && pass.api_ready;
+        pass.conditions.push(condition(
             "Ready",
             ready,
             if ready { "Ready" } else { "NotReady" },
-            degraded.clone().unwrap_or_else(|| format!("{phase:?}")),
-            generation,
+            pass.degraded
+                .clone()
+                .unwrap_or_else(|| format!("{phase:?}")),
+            pass.generation,
         ));
-        let conditions = keep_transition_times(&old.conditions, conditions);
-        let last_scale_time = if scaled {
+        let last_scale_time = if scale.desired != scale.current {
             Some(Time(k8s_openapi::jiff::Timestamp::now()))
         } else {
             old.consumers
@@ -508,12 +591,12 @@ impl CouponCampaign {
         };
         let status = CouponCampaignStatus {
             phase: Some(phase),
-            observed_generation: generation,
-            conditions,
-            quantity: Some(quantity),
-            issued: Some(issued),
-            remaining: Some(remaining),
-            lag: Some(decision.total_lag),
+            observed_generation: pass.generation,
+            conditions: keep_transition_times(&old.conditions, pass.conditions),
+            quantity: Some(books.books.iter().map(|b| b.total_quantity).sum()),
+            issued: Some(books.books.iter().map(|b| b.issued).sum()),
+            remaining: Some(books.gate.iter().flatten().sum()),
+            lag: Some(scale.decision.total_lag),
             partitions: lags
                 .iter()
                 .map(|l| PartitionLagStatus {
@@ -524,9 +607,9 @@ impl CouponCampaign {
                 })
                 .collect(),
             consumers: Some(ConsumerStatus {
-                current: desired,
-                desired: decision.desired,
-                summary: format!("{desired}/{}", decision.desired),
+                current: scale.desired,
+                desired: scale.decision.desired,
+                summary: format!("{}/{}", scale.desired, scale.decision.desired),
                 last_scale_time,
             }),
         };
@@ -544,7 +627,9 @@ impl CouponCampaign {
             )
             .await?;
         }
-        for (reason, note, type_) in events {
+        let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+        let reference = self.object_ref(&());
+        for (reason, note, type_) in pass.events {
             let ev = Event {
                 type_,
                 reason: reason.into(),
@@ -556,10 +641,11 @@ impl CouponCampaign {
                 tracing::warn!(error = %e, "event not recorded");
             }
         }
-        Ok(Action::requeue(ctx.period))
+        Ok(())
     }
 
     async fn cleanup(&self, ctx: &Context) -> Result<Action, Error> {
+        ctx.settlements.forget(&settlement_key(self));
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
         let note = match self.spec.deletion_policy {
             // Children go with their owner reference; the books stay.
@@ -600,21 +686,6 @@ impl CouponCampaign {
         }
         Ok(Action::await_change())
     }
-}
-
-/// A condition whose status did not change keeps its original transition time.
-fn keep_transition_times(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
-    new.into_iter()
-        .map(|mut c| {
-            if let Some(o) = old
-                .iter()
-                .find(|o| o.type_ == c.type_ && o.status == c.status)
-            {
-                c.last_transition_time = o.last_transition_time.clone();
-            }
-            c
-        })
-        .collect()
 }
 
 /// Server-side applies `obj` unless the live object carries the hash of this exact intent.

@@ -6,3 +6,5 @@ pub mod crd;
 pub mod lease;
 pub mod metrics;
 pub mod scaling;
+pub mod settlement;
+pub mod status;

@@ -4,7 +4,8 @@
 
 use axum::Router;
 use axum::routing::get;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use coupon_core::broker::PartitionLag;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -19,7 +20,13 @@ pub struct Metrics {
     pub issued: IntGaugeVec,
     pub drift: IntGaugeVec,
     pub reconciles: IntCounterVec,
+    /// Reservations settled by the timer, by outcome (kept: issued; released: no event).
+    pub settled: IntCounterVec,
+    pub unsettled: IntGaugeVec,
+    pub unsettled_oldest_age: GaugeVec,
 }
+
+use crate::controller::{Books, Scale};
 
 const CAMPAIGN: &[&str] = &["campaign"];
 const COUPON: &[&str] = &["campaign", "coupon"];
@@ -86,6 +93,29 @@ impl Default for Metrics {
                 &["result"],
             )
             .expect("valid metric"),
+            settled: IntCounterVec::new(
+                Opts::new(
+                    "coupon_operator_settled_reservations_total",
+                    "Reservations settled, by outcome: kept (the ledger has the event) or released \
+                     (no event: stock and the user's slot given back)",
+                ),
+                &["campaign", "outcome"],
+            )
+            .expect("valid metric"),
+            unsettled: g(
+                "coupon_operator_unsettled_reservations",
+                "Reservations the gate made that are not settled yet (in flight or orphaned)",
+                CAMPAIGN,
+            ),
+            unsettled_oldest_age: GaugeVec::new(
+                Opts::new(
+                    "coupon_operator_unsettled_oldest_age_seconds",
+                    "Age of the oldest unsettled reservation (0 when none); it stays low while \
+                     settlement keeps up",
+                ),
+                CAMPAIGN,
+            )
+            .expect("valid metric"),
         };
         for c in [
             Box::new(m.lag.clone()) as Box<dyn prometheus::core::Collector>,
@@ -98,6 +128,9 @@ impl Default for Metrics {
             Box::new(m.issued.clone()),
             Box::new(m.drift.clone()),
             Box::new(m.reconciles.clone()),
+            Box::new(m.settled.clone()),
+            Box::new(m.unsettled.clone()),
+            Box::new(m.unsettled_oldest_age.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -120,6 +153,61 @@ impl Metrics {
             .route("/metrics", get(move || async move { metrics.render() }))
     }
 
+    /// Lag, replicas and books of one reconcile pass.
+    pub(crate) fn observe(
+        &self,
+        campaign: &str,
+        lags: &[PartitionLag],
+        books: &Books,
+        scale: &Scale,
+    ) {
+        for l in lags {
+            self.lag
+                .with_label_values(&[campaign, &l.partition.to_string()])
+                .set(l.lag);
+        }
+        let one = [campaign];
+        self.lag_total
+            .with_label_values(&one)
+            .set(scale.decision.total_lag);
+        self.replicas_current
+            .with_label_values(&one)
+            .set(i64::from(scale.current));
+        self.replicas_desired
+            .with_label_values(&one)
+            .set(i64::from(scale.desired));
+        self.replicas_max
+            .with_label_values(&one)
+            .set(i64::from(scale.max));
+        // Redis and the ledger must agree once nothing is in flight; while events wait in the
+        // topic the difference is expected, so drift is only judged on a drained topic.
+        let drained = scale.decision.total_lag == 0;
+        for (b, left) in books.books.iter().zip(&books.gate) {
+            let labels = [campaign, &b.coupon_id.to_string()];
+            if let Some(left) = left {
+                self.stock_remaining.with_label_values(&labels).set(*left);
+            }
+            self.stock_quantity
+                .with_label_values(&labels)
+                .set(b.total_quantity);
+            self.issued.with_label_values(&labels).set(b.issued);
+            let drift = match left {
+                Some(left) if drained => b.remaining - left,
+                _ => 0,
+            };
+            self.drift.with_label_values(&labels).set(drift);
+        }
+    }
+
+    /// Creates a campaign's settlement series at zero, so rates and alerts see the first release.
+    pub fn init_settlement(&self, campaign: &str) {
+        for outcome in ["kept", "released"] {
+            let _ = self.settled.with_label_values(&[campaign, outcome]);
+        }
+        let _ = self.unsettled.with_label_values(&[campaign]);
+        let _ = self.unsettled_oldest_age.with_label_values(&[campaign]);
+    }
+
     /// Drops every series of a deleted campaign, so dashboards and alerts forget it.
     pub fn forget(&self, campaign: &str, partitions: i32, coupons: &[String]) {
         for vec in [
@@ -127,8 +215,13 @@ impl Metrics {
             &self.replicas_desired,
             &self.replicas_current,
             &self.replicas_max,
+            &self.unsettled,
         ] {
             let _ = vec.remove_label_values(&[campaign]);
+        }
+        let _ = self.unsettled_oldest_age.remove_label_values(&[campaign]);
+        for outcome in ["kept", "released"] {
+            let _ = self.settled.remove_label_values(&[campaign, outcome]);
         }
         for p in 0..partitions {
             let _ = self.lag.remove_label_values(&[campaign, &p.to_string()]);
