@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, SleepAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -113,6 +114,9 @@ fn http_probe(path: &str, port: i32) -> Probe {
     }
 }
 
+/// The API pod's preStop pause: long enough for kube-proxy and load balancers to stop routing.
+pub const API_PRE_STOP_SECONDS: i64 = 5;
+
 /// The image a workload runs when the campaign does not name one: the operator's own release.
 pub const DEFAULT_WORKLOAD_IMAGE: &str =
     concat!("ghcr.io/fcfs-coupons/coupon:", env!("CARGO_PKG_VERSION"));
@@ -173,7 +177,8 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    // The consumer commits on SIGTERM; give it time to finish its batch.
+                    // The consumer commits on SIGTERM; the API pauses, finishes what it
+                    // reserved and flushes its producer: both within this bound.
                     termination_grace_period_seconds: Some(30),
                     containers: vec![Container {
                         name: c.binary().into(),
@@ -193,6 +198,17 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                             ..ContainerPort::default()
                         }]),
                         readiness_probe: Some(readiness),
+                        // SIGTERM only after the endpoints forgot the pod: requests routed to it
+                        // meanwhile still get served (the image has no shell, so no `sleep`).
+                        lifecycle: (c == Component::Api).then(|| Lifecycle {
+                            pre_stop: Some(LifecycleHandler {
+                                sleep: Some(SleepAction {
+                                    seconds: API_PRE_STOP_SECONDS,
+                                }),
+                                ..LifecycleHandler::default()
+                            }),
+                            ..Lifecycle::default()
+                        }),
                         liveness_probe: Some(http_probe("/healthz", port)),
                         resources,
                         security_context: Some(SecurityContext {

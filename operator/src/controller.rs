@@ -172,6 +172,12 @@ impl Context {
         }
     }
 
+    /// Settlement and gate rebuilds wait this long after the fact (tests shorten it).
+    pub fn with_settle_after(mut self, after: Duration) -> Self {
+        self.settle_after = after;
+        self
+    }
+
     pub fn with_workload_image(mut self, image: String) -> Self {
         self.workload_image = image;
         self
@@ -366,6 +372,22 @@ impl CouponCampaign {
                     "TopicReady",
                     false,
                     "PartitionDecreaseRefused",
+                    e.to_string(),
+                    g,
+                ));
+                pass.degraded = Some(e.to_string());
+            }
+            // Redis lost the gate: it is rebuilt from the ledger once every publish in flight
+            // has landed and been consumed; until then the API refuses, nothing is wrong.
+            Err(
+                e @ (coupon_core::Error::GateRebuildWaiting { .. }
+                | coupon_core::Error::GateRebuildNeedsDrain { .. }),
+            ) => {
+                pass.event("GateRebuildWaiting", e.to_string(), EventType::Normal);
+                pass.conditions.push(condition(
+                    "StockLoaded",
+                    false,
+                    "GateRebuildWaiting",
                     e.to_string(),
                     g,
                 ));

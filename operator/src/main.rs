@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The CouponCampaign operator.
 #[derive(Parser)]
@@ -30,6 +31,13 @@ struct Args {
     /// its own image).
     #[arg(long, env = "WORKLOAD_IMAGE", default_value = coupon_operator::children::DEFAULT_WORKLOAD_IMAGE)]
     workload_image: String,
+    /// Seconds between settlement rounds (every reservation ends issued or released).
+    #[arg(long, env = "SETTLE_EVERY_SECS", default_value_t = 10)]
+    settle_every_secs: u64,
+    /// Reservations are settled, and a lost gate rebuilt, only this many milliseconds after the
+    /// fact; must exceed the API's --publish-timeout-ms with a margin.
+    #[arg(long, env = "SETTLE_AFTER_MS", default_value_t = coupon_core::provision::DELIVERY_GRACE.as_millis() as u64)]
+    settle_after_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +60,8 @@ async fn main() -> ExitCode {
         health_listen,
         log_format,
         workload_image,
+        settle_every_secs,
+        settle_after_ms,
     } = Args::parse();
     match command.unwrap_or(Command::Run) {
         Command::Crdgen => {
@@ -72,7 +82,11 @@ async fn main() -> ExitCode {
         }
         Command::Run => {
             init_logging(log_format);
-            match run(health_listen, workload_image).await {
+            let settlement = Settlement {
+                every: Duration::from_secs(settle_every_secs.max(1)),
+                after: Duration::from_millis(settle_after_ms),
+            };
+            match run(health_listen, workload_image, settlement).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("coupon-operator: {e}");
@@ -83,14 +97,27 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(health_listen: SocketAddr, workload_image: String) -> Result<(), String> {
+struct Settlement {
+    every: Duration,
+    after: Duration,
+}
+
+async fn run(
+    health_listen: SocketAddr,
+    workload_image: String,
+    settlement: Settlement,
+) -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes API (in-cluster or kubeconfig): {e}"))?;
     let listener = tokio::net::TcpListener::bind(health_listen)
         .await
         .map_err(|e| format!("cannot listen on {health_listen}: {e}"))?;
-    let ctx = Arc::new(Context::new(client.clone()).with_workload_image(workload_image));
+    let mut ctx = Context::new(client.clone())
+        .with_workload_image(workload_image)
+        .with_settle_after(settlement.after);
+    ctx.settle_every = settlement.every;
+    let ctx = Arc::new(ctx);
     let router = ctx.metrics.router();
     tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
@@ -126,6 +153,12 @@ async fn run(health_listen: SocketAddr, workload_image: String) -> Result<(), St
             }
         }
     });
+    // Settlement runs on the leader only, like reconcile (a second settler would only redo work).
+    let stop_settling = CancellationToken::new();
+    tokio::spawn(coupon_operator::settlement::run(
+        ctx.clone(),
+        stop_settling.clone(),
+    ));
     tracing::info!("coupon-operator reconciling CouponCampaigns");
     Controller::new(
         Api::<CouponCampaign>::all(client.clone()),
@@ -140,5 +173,6 @@ async fn run(health_listen: SocketAddr, workload_image: String) -> Result<(), St
         }
     })
     .await;
+    stop_settling.cancel();
     Ok(())
 }

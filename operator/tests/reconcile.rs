@@ -256,6 +256,15 @@ async fn a_lost_gate_is_rebuilt_from_the_ledger() {
         .query_async(&mut conn)
         .await
         .expect("del");
+    // First the loss is marked and a delivery deadline waited out: a publish in flight when
+    // Redis lost its state may still land.
+    run(&api, &ctx, &name).await;
+    let writes = api.take_writes();
+    assert!(
+        writes.contains(&"EVENT GateRebuildWaiting".to_string()),
+        "{writes:?}"
+    );
+    tokio::time::sleep(common::SETTLE_AFTER).await;
     run(&api, &ctx, &name).await;
     let writes = api.take_writes();
     assert!(
@@ -367,4 +376,103 @@ async fn the_chart_rbac_grants_exactly_what_the_operator_calls() {
             "the chart grants {g:?}, which the operator never calls"
         );
     }
+}
+
+/// Two reservations older than the delivery deadline: one reached the ledger, one's process
+/// died before publishing. The settlement timer keeps the first and releases the second (stock
+/// and slot back), counts both, records an Event, and the next reconcile turns `BooksBalanced`
+/// from False to True.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
+    use coupon_core::gate::{Decision, StockGate};
+    let name = coupon_e2e::unique("op-settle");
+    let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
+    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
+        .await
+        .expect("redis");
+    let ledger = coupon_core::ledger::Ledger::connect(&coupon_e2e::postgres_url(), 1)
+        .await
+        .expect("ledger");
+    let issued = IssuanceEvent::new(uuid::Uuid::now_v7(), &name, 2, 1, chrono::Utc::now());
+    let orphan = uuid::Uuid::now_v7();
+    for (user, id) in [(1, issued.request_id), (2, orphan)] {
+        assert_eq!(
+            gate.reserve(&name, 2, user, id).await.expect("reserve"),
+            Decision::Reserved
+        );
+    }
+    ledger
+        .record_batch(&name, std::slice::from_ref(&issued))
+        .await
+        .expect("recorded");
+
+    run(&api, &ctx, &name).await;
+    let balanced = |api: &common::FakeApi| {
+        api.get(&cc_path(&name))["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "BooksBalanced")
+            .expect("BooksBalanced")
+            .clone()
+    };
+    let c = balanced(&api);
+    assert_eq!(c["status"], "False", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("coupon 2: gate 8, ledger 9"),
+        "{c}"
+    );
+    api.take_writes();
+
+    tokio::time::sleep(common::SETTLE_AFTER).await;
+    let rounds = coupon_operator::settlement::settle_all(&ctx).await;
+    let round = rounds[&format!("{NS}/{name}")].as_ref().expect("settled");
+    assert_eq!(
+        (round.unsettled, round.kept, round.released),
+        (2, 1, 1),
+        "{round:?}"
+    );
+    assert_eq!(
+        api.take_writes(),
+        vec!["EVENT ReservationsReleased".to_string()]
+    );
+    let snap = gate.snapshot(&name, 2).await.expect("snap").expect("gate");
+    assert_eq!(
+        (snap.remaining, snap.holders),
+        (9, 1),
+        "stock and slot back"
+    );
+    let m = ctx.metrics.render();
+    for line in [
+        format!(
+            "coupon_operator_settled_reservations_total{{campaign=\"{name}\",outcome=\"kept\"}} 1"
+        ),
+        format!(
+            "coupon_operator_settled_reservations_total{{campaign=\"{name}\",outcome=\"released\"}} 1"
+        ),
+        format!("coupon_operator_unsettled_reservations{{campaign=\"{name}\"}} 2"),
+    ] {
+        assert!(m.contains(&line), "{line} not in\n{m}");
+    }
+
+    run(&api, &ctx, &name).await;
+    let c = balanced(&api);
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("True"), Some("Balanced")),
+        "{c}"
+    );
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("1 of 30 issued; last settlement: 2 unsettled"),
+        "{c}"
+    );
+    let again = coupon_operator::settlement::settle_all(&ctx).await;
+    let again = again[&format!("{NS}/{name}")].as_ref().expect("settled");
+    assert_eq!((again.unsettled, again.released), (0, 0), "settled once");
 }

@@ -18,6 +18,9 @@ pub mod tools;
 
 pub const NS: &str = "default";
 
+/// The tests' delivery deadline: settlement and gate rebuilds wait this long.
+pub const SETTLE_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
 fn conflict(what: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": format!("{what}: conflict")})
 }
@@ -262,7 +265,7 @@ pub async fn run(api: &FakeApi, ctx: &Arc<Context>, name: &str) {
 /// A cluster whose campaign has been reconciled twice (finalizer, then everything), writes cleared.
 pub async fn provisioned(name: &str, spec: Value) -> (FakeApi, Arc<Context>) {
     let api = cluster(name, spec);
-    let ctx = Arc::new(Context::new(api.client()));
+    let ctx = Arc::new(Context::new(api.client()).with_settle_after(SETTLE_AFTER));
     run(&api, &ctx, name).await;
     run(&api, &ctx, name).await;
     api.take_writes();
