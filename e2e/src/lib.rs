@@ -70,6 +70,40 @@ pub fn campaign(name: &str, groups: &[(&str, i64)], partitions: i32) -> Campaign
     Campaign::new(name.to_string(), spec).expect("valid campaign")
 }
 
+/// A one-broker mock cluster with the campaign's topics, and the stack on it.
+pub async fn on_mock(
+    db: &str,
+    campaign: Campaign,
+    message_timeout: Duration,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    Stack,
+) {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let topic = campaign.topic();
+    mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
+        .expect("topic");
+    mock.create_topic(&coupon_core::campaign::dead_letter_topic(&topic), 1, 1)
+        .expect("dlq topic");
+    let brokers = mock.bootstrap_servers();
+    let opts = StackOptions {
+        timeouts: PublishTimeouts {
+            message: message_timeout,
+            request: message_timeout.mul_f32(0.8),
+        },
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(
+        db,
+        &brokers,
+        &coupon_core::broker::PreCreatedTopics(brokers.clone()),
+        campaign,
+        opts,
+    )
+    .await;
+    (mock, stack)
+}
+
 /// The real API (as a router) and the real consumer (as a task) for one campaign.
 pub struct Stack {
     pub campaign: Campaign,

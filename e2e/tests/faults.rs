@@ -5,57 +5,22 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use coupon_core::broker::{PreCreatedTopics, PublishTimeouts, Publisher};
-use coupon_core::campaign::{Campaign, dead_letter_topic};
+use coupon_core::broker::{PublishTimeouts, Publisher};
+use coupon_core::campaign::dead_letter_topic;
 use coupon_core::event::IssuanceEvent;
 use coupon_core::gate::{Decision, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::verify::AcceptedLog;
 use coupon_e2e::{
-    Proxy, Stack, StackOptions, assert_green, assert_refused, campaign, request_id, unique,
+    Proxy, Stack, assert_green, assert_refused, campaign, on_mock, request_id, unique,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const DRAIN: Duration = Duration::from_secs(30);
-
-/// A one-broker mock cluster with the campaign's topics, and the stack on it.
-async fn on_mock(
-    db: &str,
-    campaign: Campaign,
-    message_timeout: Duration,
-) -> (
-    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    Stack,
-) {
-    let mock = MockCluster::new(1).expect("mock cluster");
-    let topic = campaign.topic();
-    mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
-        .expect("topic");
-    mock.create_topic(&dead_letter_topic(&topic), 1, 1)
-        .expect("dlq topic");
-    let brokers = mock.bootstrap_servers();
-    let opts = StackOptions {
-        timeouts: PublishTimeouts {
-            message: message_timeout,
-            request: message_timeout.mul_f32(0.8),
-        },
-        ..StackOptions::default()
-    };
-    let stack = Stack::start_with(
-        db,
-        &brokers,
-        &PreCreatedTopics(brokers.clone()),
-        campaign,
-        opts,
-    )
-    .await;
-    (mock, stack)
-}
 
 async fn settle(stack: &Stack) -> coupon_core::settlement::SettleReport {
     stack.settle(Duration::ZERO).await
