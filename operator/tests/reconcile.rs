@@ -230,12 +230,7 @@ async fn a_lost_gate_is_rebuilt_from_the_ledger() {
     use coupon_core::gate::StockGate;
     let name = coupon_e2e::unique("op-lost");
     let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
-    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
-        .await
-        .expect("redis");
-    let ledger = coupon_core::ledger::Ledger::connect(&coupon_e2e::postgres_url(), 1)
-        .await
-        .expect("ledger");
+    let (gate, ledger) = common::backends().await;
     // Two coupons issued and in the ledger (the topic is empty, so it is drained).
     let events: Vec<_> = (1..=2u64)
         .map(|u| IssuanceEvent::new(uuid::Uuid::now_v7(), &name, 2, u, chrono::Utc::now()))
@@ -387,12 +382,7 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
     use coupon_core::gate::{Decision, StockGate};
     let name = coupon_e2e::unique("op-settle");
     let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
-    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
-        .await
-        .expect("redis");
-    let ledger = coupon_core::ledger::Ledger::connect(&coupon_e2e::postgres_url(), 1)
-        .await
-        .expect("ledger");
+    let (gate, ledger) = common::backends().await;
     let issued = IssuanceEvent::new(uuid::Uuid::now_v7(), &name, 2, 1, chrono::Utc::now());
     let orphan = uuid::Uuid::now_v7();
     for (user, id) in [(1, issued.request_id), (2, orphan)] {

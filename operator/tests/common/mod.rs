@@ -271,3 +271,14 @@ pub async fn provisioned(name: &str, spec: Value) -> (FakeApi, Arc<Context>) {
     api.take_writes();
     (api, ctx)
 }
+
+/// The real gate and ledger the fake cluster's Secret points at.
+pub async fn backends() -> (coupon_core::gate::RedisGate, coupon_core::ledger::Ledger) {
+    let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
+        .await
+        .expect("redis");
+    let ledger = coupon_core::ledger::Ledger::connect(&coupon_e2e::postgres_url(), 1)
+        .await
+        .expect("ledger");
+    (gate, ledger)
+}
