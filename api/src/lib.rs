@@ -1,7 +1,10 @@
 //! `coupon-api`: `POST /api/coupons/{couponId}/issue` answers 202 only after the broker
 //! acknowledged the issuance event. The stages: [`request`] → gate → event ([`issue`]).
 
+pub mod admission;
+pub mod contract;
 pub mod error;
+pub mod identity;
 pub mod issue;
 pub mod metrics;
 pub mod request;
@@ -16,9 +19,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use coupon_core::broker::{PublishTimeouts, Publisher};
@@ -29,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::error::ApiError;
 use crate::issue::Issuer;
 use crate::metrics::Metrics;
@@ -40,6 +45,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     issuer: Issuer,
+    admission: Admission,
     /// Coupon id → quantity as provisioned; `None` until read (or when Redis lost it).
     catalog: RwLock<Option<HashMap<CouponId, i64>>>,
     /// Issue requests run here, detached from their connection, so shutdown can wait for them.
@@ -50,7 +56,18 @@ struct Inner {
 
 impl AppState {
     pub fn new(campaign: &str, gate: Arc<dyn StockGate>, publisher: Publisher) -> Self {
+        Self::with_admission(campaign, gate, publisher, Admission::default())
+    }
+
+    /// With an identity check, rate limits and load shedding.
+    pub fn with_admission(
+        campaign: &str,
+        gate: Arc<dyn StockGate>,
+        publisher: Publisher,
+        admission: Admission,
+    ) -> Self {
         Self(Arc::new(Inner {
+            admission,
             issuer: Issuer {
                 campaign: campaign.to_string(),
                 gate,
@@ -93,6 +110,17 @@ impl AppState {
         Ok(found)
     }
 
+    /// Forgets idle rate-limit buckets now and then.
+    pub fn spawn_bucket_cleanup(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                state.0.admission.forget_idle();
+            }
+        })
+    }
+
     /// Keeps the catalog fresh so coupons added by provisioning become known without a restart.
     pub fn spawn_catalog_refresh(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
@@ -126,9 +154,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/coupons/{coupon_id}/issue", post(issue))
         .route("/api/coupons/{coupon_id}", get(coupon))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .fallback(|| async {
             ApiError::InvalidRequest {
                 status: StatusCode::NOT_FOUND,
@@ -142,12 +171,44 @@ pub fn app(state: AppState) -> Router {
 /// Once the gate may reserve, the outcome must be decided and recorded even if the client
 /// hangs up (a dropped connection drops this handler's future): the request runs to its end as
 /// its own task, and the handler only waits for the answer.
+#[utoipa::path(
+    post,
+    path = "/api/coupons/{couponId}/issue",
+    summary = "Ask for one coupon",
+    description = "Reserves the coupon for the user in the gate and answers 202 once the issuance event is durable in the broker; the ledger row follows. Refusals carry a stable `code`.",
+    params(
+        ("couponId" = u32, Path, minimum = 1, maximum = 4_294_967_295_u32, description = "Coupon id"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", min_length = 1, max_length = 128, description = "1-128 visible ASCII characters; a retry with the same key gets the same request id and answer"),
+        ("X-User-Id" = Option<String>, Header, description = "The user, with --identity header:X-User-Id (a gateway sets it)")
+    ),
+    request_body(content = crate::contract::IssueBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Issued: the event is in the broker", body = crate::issue::Accepted),
+        (status = 400, description = "invalid_request: malformed id, body or header", body = crate::contract::Refusal),
+        (status = 401, description = "unauthenticated or identity_mismatch", body = crate::contract::Refusal),
+        (status = 403, description = "not_open or closed: outside the campaign window", body = crate::contract::Refusal),
+        (status = 404, description = "unknown_coupon", body = crate::contract::Refusal),
+        (status = 409, description = "sold_out or already_issued", body = crate::contract::Refusal),
+        (status = 413, description = "invalid_request: body over 1 KiB", body = crate::contract::Refusal),
+        (status = 415, description = "invalid_request: not JSON", body = crate::contract::Refusal),
+        (status = 429, description = "rate_limited; see Retry-After", body = crate::contract::Refusal),
+        (status = 503, description = "unavailable or overloaded; see Retry-After. With a requestId the outcome is unknown: settlement decides it", body = crate::contract::Refusal)
+    ),
+    security((), ("bearer" = []))
+)]
 async fn issue(
     State(state): State<AppState>,
     Path(coupon): Path<String>,
     headers: HeaderMap,
+    extensions: Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Err(e) = state.0.admission.check_client(peer, &headers) {
+        return state.refused(e, Instant::now());
+    }
     let mut waiting = ClientWaiting(Some(state.metrics().client_gone.clone()));
     let task = state.clone();
     let answer = state
@@ -199,8 +260,11 @@ impl AppState {
         let m = self.metrics();
         let _in_flight = InFlight::enter(&m.in_flight);
         let started = Instant::now();
+        let admission = &self.0.admission;
         let result = async {
-            let req = IssueRequest::parse(coupon, headers, body)?;
+            let _room = admission.room().await?;
+            let req = IssueRequest::parse(coupon, headers, body, &admission.identity)?;
+            admission.check_user(req.user)?;
             if self.known(req.coupon)?.is_none() {
                 return Err(ApiError::UnknownCoupon(req.coupon.to_string()));
             }
@@ -214,15 +278,26 @@ impl AppState {
             ),
             Err(e) => (e.code(), e.into_response()),
         };
+        self.count(outcome, started);
+        response
+    }
+
+    /// A request refused before its task started (the client address's rate limit).
+    fn refused(&self, e: ApiError, started: Instant) -> Response {
+        self.count(e.code(), started);
+        e.into_response()
+    }
+
+    fn count(&self, outcome: &str, started: Instant) {
+        let m = self.metrics();
         m.requests.with_label_values(&[outcome]).inc();
         m.latency
             .with_label_values(&[outcome])
             .observe(started.elapsed().as_secs_f64());
-        response
     }
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CouponView {
     coupon_id: CouponId,
@@ -230,6 +305,18 @@ struct CouponView {
     remaining: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/coupons/{couponId}",
+    summary = "A coupon's quantity and the gate's remaining stock",
+    params(("couponId" = u32, Path, minimum = 1, maximum = 4_294_967_295_u32, description = "Coupon id")),
+    responses(
+        (status = 200, body = CouponView),
+        (status = 400, description = "invalid_request", body = crate::contract::Refusal),
+        (status = 404, description = "unknown_coupon or no such route", body = crate::contract::Refusal),
+        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+    )
+)]
 async fn coupon(
     State(state): State<AppState>,
     Path(coupon): Path<String>,
@@ -250,6 +337,25 @@ async fn coupon(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Liveness",
+    responses((status = 200, body = String, content_type = "text/plain"))
+)]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    summary = "Readiness: Redis, the broker and the campaign's catalog answer, and not draining",
+    responses(
+        (status = 200, body = String, content_type = "text/plain"),
+        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.0.draining.load(Ordering::SeqCst) {
         return ApiError::unavailable("shutting down").into_response();
@@ -269,6 +375,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    summary = "This contract",
+    responses((status = 200, content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::contract::openapi_json(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics",
+    responses((status = 200, body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     state
         .metrics()
@@ -292,7 +418,9 @@ pub async fn serve(
     finish_within: Duration,
 ) -> std::io::Result<()> {
     let draining = state.clone();
-    axum::serve(listener, app(state.clone()))
+    // The peer address feeds the per-client rate limit.
+    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             shutdown.await;
             draining.start_draining();
@@ -319,6 +447,11 @@ pub struct ApiConfig {
     pub timeouts: PublishTimeouts,
     /// How long readiness is false before the listener closes, on shutdown.
     pub drain_delay: Duration,
+    pub identity: crate::identity::IdentityMode,
+    pub jwt: crate::identity::JwtSettings,
+    pub limits: crate::admission::Limits,
+    /// Header carrying the client address behind a proxy (for the per-client limit).
+    pub client_address_header: Option<axum::http::HeaderName>,
 }
 
 /// Connects to Redis and Kafka (failing fast with a clear message), then serves.
@@ -327,30 +460,37 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     coupon_core::campaign::validate_name(&cfg.campaign)?;
-    let gate = RedisGate::connect(cfg.backends.redis_url())
+    let identity = crate::identity::Identity::new(&cfg.identity, &cfg.jwt)?;
+    let admission = Admission::new(identity, cfg.limits, cfg.client_address_header.clone());
+    let redis = cfg.backends.redis().map_err(|e| e.to_string())?;
+    let kafka = cfg.backends.kafka().map_err(|e| e.to_string())?;
+    let gate = RedisGate::connect(redis)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let topic = cfg
         .topic
         .clone()
         .unwrap_or_else(|| topic_name(&cfg.campaign));
-    let publisher = Publisher::new(cfg.backends.kafka_brokers(), &topic, cfg.timeouts)
+    let publisher = Publisher::new(&kafka, &topic, cfg.timeouts)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let partitions = publisher.check().await.map_err(|e| {
         format!(
             "cannot reach Kafka at {} for topic {topic}: {e}",
-            cfg.backends.kafka_brokers()
+            kafka.brokers
         )
     })?;
-    let state = AppState::new(&cfg.campaign, Arc::new(gate), publisher.clone());
+    let identity = admission.identity.label();
+    let state =
+        AppState::with_admission(&cfg.campaign, Arc::new(gate), publisher.clone(), admission);
     if !state.refresh_catalog().await.map_err(|e| e.to_string())? {
         tracing::warn!(campaign = %cfg.campaign, "campaign not provisioned yet; answering 503 until it is");
     }
     state.spawn_catalog_refresh(Duration::from_secs(2));
+    state.spawn_bucket_cleanup(Duration::from_secs(30));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, "coupon-api serving");
+    tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, identity, limits = ?cfg.limits, "coupon-api serving");
     // A request ends within its publish deadline; a second more covers the gate's answer.
     let finish_within = cfg.timeouts.message + Duration::from_secs(1);
     serve(listener, state, shutdown, cfg.drain_delay, finish_within)

@@ -9,6 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::identity::Identity;
 
 /// Largest accepted body; `{"userId": 123}` needs a few dozen bytes.
 pub const MAX_BODY_BYTES: usize = 1024;
@@ -28,6 +29,7 @@ impl IssueRequest {
         coupon: &str,
         headers: &HeaderMap,
         body: Result<Bytes, BytesRejection>,
+        identity: &Identity,
     ) -> Result<Self, ApiError> {
         let coupon = parse_coupon_id(coupon)?;
         let idempotency_key = match headers.get("idempotency-key") {
@@ -53,7 +55,8 @@ impl IssueRequest {
             status: rejection.status(),
             message: format!("request body: {}", rejection.body_text()),
         })?;
-        let user = parse_user_id(&body)?;
+        let body_user = parse_user_id(&body, matches!(identity, Identity::Body))?;
+        let user = identity.user(headers, body_user)?;
         Ok(Self {
             coupon,
             user,
@@ -92,21 +95,45 @@ pub fn parse_coupon_id(raw: &str) -> Result<CouponId, ApiError> {
     }
 }
 
-fn parse_user_id(body: &[u8]) -> Result<UserId, ApiError> {
+/// The body's `userId`; `required` when the body is the identity (otherwise the body may be
+/// empty or omit it, and a present one must still be well-formed).
+fn parse_user_id(body: &[u8], required: bool) -> Result<Option<UserId>, ApiError> {
     if body.is_empty() {
+        if !required {
+            return Ok(None);
+        }
         return Err(ApiError::invalid(
             "body must be JSON like {\"userId\": 42}; it is empty",
         ));
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("body is not valid JSON: {e}")))?;
-    let Some(user) = value.as_object().and_then(|o| o.get("userId")) else {
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::invalid(
+            "body must be a JSON object like {\"userId\": 42}",
+        ));
+    };
+    if let Some(other) = object.keys().find(|k| *k != "userId") {
+        return Err(ApiError::invalid(format!(
+            "unknown body field {:?}; the body is {{\"userId\": 42}}",
+            truncate(other)
+        )));
+    }
+    let Some(user) = object.get("userId") else {
+        if !required {
+            return Ok(None);
+        }
         return Err(ApiError::invalid(
             "body must be a JSON object with a \"userId\" field",
         ));
     };
-    match user.as_u64() {
-        Some(id) if id > 0 && id <= i64::MAX as u64 => Ok(id),
+    // 42.0 is the integer 42 in JSON; larger floats than 2^53 are not exact, so not ids.
+    let exact_float = user
+        .as_f64()
+        .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= 9_007_199_254_740_992.0)
+        .map(|f| f as u64);
+    match user.as_u64().or(exact_float) {
+        Some(id) if id > 0 && id <= i64::MAX as u64 => Ok(Some(id)),
         _ => Err(ApiError::invalid(format!(
             "userId must be a positive integer, got {}",
             truncate(&user.to_string())
@@ -123,13 +150,20 @@ mod tests {
     use super::*;
 
     fn parse(coupon: &str, body: &str) -> Result<IssueRequest, ApiError> {
-        IssueRequest::parse(coupon, &HeaderMap::new(), Ok(Bytes::from(body.to_string())))
+        IssueRequest::parse(
+            coupon,
+            &HeaderMap::new(),
+            Ok(Bytes::from(body.to_string())),
+            &Identity::Body,
+        )
     }
 
     #[test]
     fn accepts_well_formed_requests() {
         let r = parse("7", r#"{"userId": 42}"#).expect("valid");
         assert_eq!((r.coupon, r.user), (7, 42));
+        let r = parse("7", r#"{"userId": 42.0}"#).expect("an integral number is an integer");
+        assert_eq!(r.user, 42);
     }
 
     #[test]
@@ -145,6 +179,7 @@ mod tests {
             ("1", r#"{"userId":-3}"#, "positive"),
             ("1", r#"{"userId":"3"}"#, "positive"),
             ("1", r#"{"userId":1.5}"#, "positive"),
+            ("1", r#"{"userId":1, "admin":true}"#, "unknown body field"),
             ("1", r#"{"userId":0}"#, "positive"),
         ] {
             let err = parse(coupon, body).expect_err(body);
@@ -157,10 +192,20 @@ mod tests {
     fn idempotency_key_fixes_the_request_id() {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", "abc".parse().expect("header"));
-        let a =
-            IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
-        let b =
-            IssueRequest::parse("1", &h, Ok(Bytes::from_static(br#"{"userId":9}"#))).expect("ok");
+        let a = IssueRequest::parse(
+            "1",
+            &h,
+            Ok(Bytes::from_static(br#"{"userId":9}"#)),
+            &Identity::Body,
+        )
+        .expect("ok");
+        let b = IssueRequest::parse(
+            "1",
+            &h,
+            Ok(Bytes::from_static(br#"{"userId":9}"#)),
+            &Identity::Body,
+        )
+        .expect("ok");
         assert_eq!(a.request_id("c"), b.request_id("c"));
         let fresh = IssueRequest {
             idempotency_key: None,

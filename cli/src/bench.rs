@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{KafkaAdmin, LagProbe, PublishTimeouts, Publisher, TopicAdmin};
 use coupon_core::campaign::{Campaign, consumer_group};
 use coupon_core::config::BackendArgs;
@@ -120,14 +121,11 @@ impl Drop for Proc {
 
 fn spawn(bin: &str, args: &[&str], b: &BackendArgs) -> Result<Proc, String> {
     let mut cmd = Command::new(sibling(bin)?);
+    // KAFKA_CLIENT_* properties reach the children by inheritance.
     cmd.args(args)
-        .env("REDIS_URL", b.redis_url())
-        .env("KAFKA_BROKERS", b.kafka_brokers())
+        .envs(b.child_env())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-    if let Some(db) = &b.database_url {
-        cmd.env("DATABASE_URL", db);
-    }
     cmd.spawn()
         .map(Proc)
         .map_err(|e| format!("cannot start {bin}: {e}"))
@@ -145,18 +143,23 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 3}}\n  coupons:\n    - {{ids: \"1-100\", name: \"bench {{id}}\", discount: 1000, quantity: 10000000}}\n"
     );
     let campaign = Campaign::from_yaml(&manifest).map_err(err)?;
-    let gate = Arc::new(RedisGate::connect(b.redis_url()).await.map_err(err)?);
+    let gate = Arc::new(
+        RedisGate::connect(b.redis().map_err(err)?)
+            .await
+            .map_err(err)?,
+    );
     let ledger = Ledger::connect(b.database_url().map_err(err)?, 4)
         .await
         .map_err(err)?;
-    let admin = KafkaAdmin::new(b.kafka_brokers()).map_err(err)?;
+    let kafka = b.kafka().map_err(err)?;
+    let admin = KafkaAdmin::new(&kafka).map_err(err)?;
     provision(
         &campaign,
         &Backends {
             gate: gate.as_ref(),
             ledger: &ledger,
             topics: &admin,
-            brokers: b.kafka_brokers(),
+            kafka: &kafka,
             rebuild_after: coupon_core::provision::DELIVERY_GRACE,
         },
     )
@@ -202,8 +205,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     // Raw produce: the same idempotent producer, 1,000 in flight, to a scratch topic.
     let raw_topic = format!("coupons.{raw_campaign}.scratch");
     admin.ensure_topic(&raw_topic, 3).await.map_err(err)?;
-    let publisher =
-        Publisher::new(b.kafka_brokers(), &raw_topic, PublishTimeouts::default()).map_err(err)?;
+    let publisher = Publisher::new(&kafka, &raw_topic, PublishTimeouts::default()).map_err(err)?;
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -274,6 +276,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         hot_coupons: Vec::new(),
         users: 1_000_000_000,
         progress: false,
+        tokens: None,
     })
     .await?;
     let api_rss_mb = api.peak_rss_mb();
@@ -287,7 +290,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         == accepted + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
 
     // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
-    let consume_raw = raw_consume(b.kafka_brokers(), &campaign.topic(), accepted).await?;
+    let consume_raw = raw_consume(&kafka, &campaign.topic(), accepted).await?;
 
     let consumer = spawn(
         "coupon-consumer",
@@ -295,7 +298,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         b,
     )?;
     // Timed from the first commit (the group join is not drain work) to zero lag.
-    let probe = LagProbe::new(b.kafka_brokers(), &consumer_group(&name)).map_err(err)?;
+    let probe = LagProbe::new(&kafka, &consumer_group(&name)).map_err(err)?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first: Option<(Instant, i64)> = None;
     let drain_rate = loop {
@@ -370,9 +373,9 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
 }
 
 /// Reads `n` records of `topic` from the start with a throw-away group: the broker's delivery rate.
-async fn raw_consume(brokers: &str, topic: &str, n: usize) -> Result<f64, String> {
+async fn raw_consume(kafka: &KafkaConnection, topic: &str, n: usize) -> Result<f64, String> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = coupon_core::broker::client_config(brokers)
+    let consumer: StreamConsumer = coupon_core::broker::client_config(kafka)
         .set("group.id", format!("bench-raw-{}", Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
+use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{KafkaAdmin, PreCreatedTopics, PublishTimeouts, Publisher, TopicAdmin};
 use coupon_core::campaign::{Campaign, dead_letter_topic};
 use coupon_core::config::BackendArgs;
@@ -39,12 +40,12 @@ pub async fn run(
     let topic = campaign.topic();
     // The mock cluster lives (and serves) as long as this function runs.
     let mut _mock = None;
-    let (brokers, topics, broker): (String, Box<dyn TopicAdmin>, _) = match &b.kafka {
-        Some(k) => (
-            k.clone(),
-            Box::new(KafkaAdmin::new(k).map_err(|e| e.to_string())?),
-            "Kafka",
-        ),
+    let (kafka, topics, broker): (KafkaConnection, Box<dyn TopicAdmin>, _) = match &b.kafka {
+        Some(_) => {
+            let kafka = b.kafka().map_err(|e| e.to_string())?;
+            let admin = KafkaAdmin::new(&kafka).map_err(|e| e.to_string())?;
+            (kafka, Box::new(admin), "Kafka")
+        }
         None => {
             let mock = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
             mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
@@ -53,16 +54,16 @@ pub async fn run(
             let brokers = mock.bootstrap_servers();
             _mock = Some(mock);
             (
-                brokers.clone(),
+                KafkaConnection::new(brokers.clone()),
                 Box::new(PreCreatedTopics(brokers)),
                 "librdkafka mock cluster",
             )
         }
     };
     let (gate, gate_kind): (Arc<dyn StockGate>, _) = match &b.redis {
-        Some(url) => (
+        Some(_) => (
             Arc::new(
-                RedisGate::connect(url)
+                RedisGate::connect(b.redis().map_err(|e| e.to_string())?)
                     .await
                     .map_err(|e| format!("redis: {e}"))?,
             ),
@@ -90,7 +91,7 @@ pub async fn run(
             gate: gate.as_ref(),
             ledger: &ledger,
             topics: topics.as_ref(),
-            brokers: &brokers,
+            kafka: &kafka,
             rebuild_after: coupon_core::provision::DELIVERY_GRACE,
         },
     )
@@ -99,7 +100,7 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let publisher =
-        Publisher::new(&brokers, &topic, PublishTimeouts::default()).map_err(|e| e.to_string())?;
+        Publisher::new(&kafka, &topic, PublishTimeouts::default()).map_err(|e| e.to_string())?;
     let state = AppState::new(&campaign.name, gate.clone(), publisher);
     state.refresh_catalog().await.map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -114,7 +115,7 @@ pub async fn run(
         Duration::from_secs(6),
     ));
     let worker = Worker::new(
-        ConsumerConfig::new(&brokers, &campaign.name),
+        ConsumerConfig::new(&kafka, &campaign.name),
         ledger.clone(),
         stop.clone(),
     )
@@ -124,7 +125,7 @@ pub async fn run(
     let books = Books {
         campaign: &campaign.name,
         topic: &topic,
-        brokers: &brokers,
+        kafka: &kafka,
         gate: gate.as_ref(),
         ledger: &ledger,
     };

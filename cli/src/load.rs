@@ -43,6 +43,39 @@ pub struct LoadOptions {
     pub hot_coupons: Vec<CouponId>,
     pub users: UserId,
     pub progress: bool,
+    /// Signs a token per request for an API on `--identity jwt`.
+    pub tokens: Option<TokenSigner>,
+}
+
+/// HS256 tokens for load against `--identity jwt` (the user in `sub`, valid for an hour).
+#[derive(Clone)]
+pub struct TokenSigner {
+    pub key: jsonwebtoken::EncodingKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    pub fn bearer(&self, user: UserId) -> String {
+        let claims = serde_json::json!({
+            "sub": user.to_string(),
+            "iss": self.issuer,
+            "aud": self.audience,
+            "exp": chrono::Utc::now().timestamp() + 3600,
+        });
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
+            .unwrap_or_default();
+        format!("Bearer {token}")
+    }
 }
 
 /// One request's outcome class: `accepted` or the refusal code (or a transport failure).
@@ -131,13 +164,15 @@ impl Shared {
     async fn send(&self, log: &mut WorkerLog, coupon: CouponId, user: UserId) -> Duration {
         let url = format!("{}/api/coupons/{coupon}/issue", self.opts.target);
         let started = Instant::now();
-        let result = self
+        let mut request = self
             .client
             .post(url)
-            .header("content-type", "application/json")
-            .body(format!(r#"{{"userId":{user}}}"#))
-            .send()
-            .await;
+            .header("content-type", "application/json");
+        request = match &self.opts.tokens {
+            Some(signer) => request.header("authorization", signer.bearer(user)),
+            None => request.body(format!(r#"{{"userId":{user}}}"#)),
+        };
+        let result = request.send().await;
         let (code, id) = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();

@@ -145,6 +145,14 @@ struct LoadArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Against `--identity jwt`: sign an HS256 token per request with this secret (the user in
+    /// `sub`) instead of sending `userId` in the body.
+    #[arg(long, env = "JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<String>,
+    #[arg(long, env = "JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    #[arg(long, env = "JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
 }
 
 impl LoadArgs {
@@ -167,6 +175,11 @@ impl LoadArgs {
             hot_coupons: by_size.iter().take(3).map(|(id, _)| *id).collect(),
             users: self.users.max(1),
             progress: !self.quiet && !self.json,
+            tokens: self.jwt_hs256_secret.as_ref().map(|s| load::TokenSigner {
+                key: jsonwebtoken::EncodingKey::from_secret(s.as_bytes()),
+                issuer: self.jwt_issuer.clone(),
+                audience: self.jwt_audience.clone(),
+            }),
         }
     }
 
@@ -223,19 +236,20 @@ async fn main() -> ExitCode {
 }
 
 async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_core::Error> {
+    let (redis, kafka) = (b.redis()?, b.kafka()?);
     match command {
         Command::Provision { file, json } => {
             let campaign = Campaign::from_yaml(&read(&file)?)?;
-            let gate = RedisGate::connect(b.redis_url()).await?;
+            let gate = RedisGate::connect(&redis).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let topics = KafkaAdmin::new(b.kafka_brokers())?;
+            let topics = KafkaAdmin::new(&kafka)?;
             let report = provision(
                 &campaign,
                 &Backends {
                     gate: &gate,
                     ledger: &ledger,
                     topics: &topics,
-                    brokers: b.kafka_brokers(),
+                    kafka: &kafka,
                     rebuild_after: coupon_core::provision::DELIVERY_GRACE,
                 },
             )
@@ -270,11 +284,11 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 Some(f) => Some(AcceptedLog::parse(&read(f)?)?),
                 None => None,
             };
-            let gate = RedisGate::connect(b.redis_url()).await?;
+            let gate = RedisGate::connect(&redis).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let topic = topic_name(&campaign);
             wait_drained(
-                b.kafka_brokers(),
+                &kafka,
                 &consumer_group(&campaign),
                 &topic,
                 Duration::from_secs(wait_drain),
@@ -284,7 +298,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 &VerifyInput {
                     campaign: &campaign,
                     topic: &topic,
-                    brokers: b.kafka_brokers(),
+                    kafka: &kafka,
                     spec,
                     accepted: accepted.as_ref(),
                 },
@@ -363,7 +377,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             time_scale,
             load,
         } => {
-            let gate = RedisGate::connect(b.redis_url()).await?;
+            let gate = RedisGate::connect(&redis).await?;
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let coupons = ledger.coupon_quantities(&campaign).await?;
             if coupons.is_empty() {
@@ -373,7 +387,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             let books = report::Books {
                 campaign: &campaign,
                 topic: &topic,
-                brokers: b.kafka_brokers(),
+                kafka: &kafka,
                 gate: &gate,
                 ledger: &ledger,
             };
@@ -393,9 +407,9 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             wait_drain,
             json,
         } => {
-            let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(b.redis_url()).await?);
+            let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(&redis).await?);
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let lag = LagProbe::new(b.kafka_brokers(), &consumer_group(&campaign))?;
+            let lag = LagProbe::new(&kafka, &consumer_group(&campaign))?;
             let report = settle(
                 &SettledBooks {
                     campaign: &campaign,

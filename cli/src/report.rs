@@ -19,7 +19,7 @@ use crate::load::{self, LoadOptions, LoadOutcome, Scenario};
 pub struct Books<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
-    pub brokers: &'a str,
+    pub kafka: &'a coupon_core::backends::KafkaConnection,
     pub gate: &'a dyn StockGate,
     pub ledger: &'a Ledger,
 }
@@ -95,7 +95,7 @@ pub async fn load_and_report(
     accepted_file: Option<&std::path::Path>,
 ) -> Result<Report, String> {
     let group = consumer_group(books.campaign);
-    let probe = LagProbe::new(books.brokers, &group).map_err(|e| e.to_string())?;
+    let probe = LagProbe::new(books.kafka, &group).map_err(|e| e.to_string())?;
     let before = probe.lag(books.topic).await.map_err(|e| e.to_string())?;
     let started = Instant::now();
     let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -158,7 +158,7 @@ pub async fn load_and_report(
         &VerifyInput {
             campaign: books.campaign,
             topic: books.topic,
-            brokers: books.brokers,
+            kafka: books.kafka,
             spec: None,
             accepted: Some(&log),
         },

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{PublishTimeouts, idempotent_producer};
 use coupon_core::event::PoisonReason;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
@@ -14,12 +15,12 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    pub fn new(brokers: &str, topic: &str) -> coupon_core::Result<Self> {
+    pub fn new(kafka: &KafkaConnection, topic: &str) -> coupon_core::Result<Self> {
         let timeouts = PublishTimeouts {
             message: Duration::from_secs(10),
             request: Duration::from_secs(8),
         };
-        let producer = idempotent_producer(brokers, timeouts).create()?;
+        let producer = idempotent_producer(kafka, timeouts).create()?;
         Ok(Self {
             producer,
             topic: topic.to_string(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{LagProbe, client_config};
 use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
 use coupon_core::ledger::Ledger;
@@ -75,7 +76,7 @@ impl rdkafka::consumer::ConsumerContext for ConsumerContext {
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    pub brokers: String,
+    pub kafka: KafkaConnection,
     pub campaign: String,
     pub topic: Option<String>,
     pub group: Option<String>,
@@ -90,9 +91,9 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    pub fn new(brokers: &str, campaign: &str) -> Self {
+    pub fn new(kafka: impl Into<KafkaConnection>, campaign: &str) -> Self {
         Self {
-            brokers: brokers.to_string(),
+            kafka: kafka.into(),
             campaign: campaign.to_string(),
             topic: None,
             group: None,
@@ -134,7 +135,7 @@ impl Worker {
         ledger: Ledger,
         stop: CancellationToken,
     ) -> Result<Self, ConsumerError> {
-        let consumer: StreamConsumer<ConsumerContext> = client_config(&cfg.brokers)
+        let consumer: StreamConsumer<ConsumerContext> = client_config(&cfg.kafka)
             .set("group.id", cfg.group())
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", "true")
@@ -146,7 +147,7 @@ impl Worker {
             .set("max.poll.interval.ms", "600000")
             .create_with_context(ConsumerContext)?;
         consumer.subscribe(&[&cfg.topic()])?;
-        let dead_letters = DeadLetters::new(&cfg.brokers, &dead_letter_topic(&cfg.topic()))?;
+        let dead_letters = DeadLetters::new(&cfg.kafka, &dead_letter_topic(&cfg.topic()))?;
         Ok(Self {
             metrics: Metrics::new(&cfg.campaign),
             cfg,
@@ -285,7 +286,7 @@ impl Worker {
 
 async fn lag_loop(worker: Arc<Worker>) {
     let topic = worker.cfg.topic();
-    let probe = match LagProbe::new(&worker.cfg.brokers, &worker.cfg.group()) {
+    let probe = match LagProbe::new(&worker.cfg.kafka, &worker.cfg.group()) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "lag probe unavailable");
@@ -321,13 +322,13 @@ pub async fn run(
 ) -> Result<(), ConsumerError> {
     coupon_core::campaign::validate_name(&cfg.campaign).map_err(coupon_core::Error::Unexpected)?;
     let ledger = Ledger::connect(database_url, db_connections).await?;
-    coupon_core::broker::partition_count(&cfg.brokers, &cfg.topic())
+    coupon_core::broker::partition_count(&cfg.kafka, &cfg.topic())
         .await?
         .ok_or_else(|| {
             coupon_core::Error::Unexpected(format!(
                 "topic {} does not exist on {}; provision the campaign first",
                 cfg.topic(),
-                cfg.brokers
+                cfg.kafka.brokers
             ))
         })?;
     Worker::new(cfg, ledger, stop)?.run().await

@@ -51,9 +51,9 @@ async fn main() -> ExitCode {
         log_format,
     } = Args::parse();
     init_logging(log_format);
-    let database_url = match backends.database_url() {
-        Ok(url) => url.to_string(),
-        Err(e) => {
+    let (database_url, kafka) = match (backends.database_url(), backends.kafka()) {
+        (Ok(url), Ok(kafka)) => (url.to_string(), kafka),
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("coupon-consumer: {e}");
             return ExitCode::FAILURE;
         }
@@ -64,7 +64,7 @@ async fn main() -> ExitCode {
         batch_max: batch_max.clamp(1, 5000),
         batch_linger: Duration::from_millis(batch_linger_ms),
         metrics_listen: Some(metrics_listen),
-        ..ConsumerConfig::new(backends.kafka_brokers(), &campaign)
+        ..ConsumerConfig::new(kafka, &campaign)
     };
     let stop = CancellationToken::new();
     let on_signal = stop.clone();

@@ -12,23 +12,44 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::backends::KafkaConnection;
 use crate::error::{Error, Result};
 use crate::event::IssuanceEvent;
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The settings every client of this system shares.
-pub fn client_config(brokers: &str) -> ClientConfig {
+/// The settings every client of this system shares, then the user's properties (security,
+/// tuning). Callers set what correctness depends on afterwards, so the user cannot undo it.
+pub fn client_config(kafka: &KafkaConnection) -> ClientConfig {
+    tuned_client_config(kafka, &[])
+}
+
+/// [`client_config`] with defaults of the caller's own that the user's properties may override.
+fn tuned_client_config(kafka: &KafkaConnection, tuning: &[(&str, &str)]) -> ClientConfig {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers)
-        .set("socket.keepalive.enable", "true")
+    cfg.set("socket.keepalive.enable", "true")
         .set("log_level", "4");
+    for (k, v) in tuning {
+        cfg.set(*k, *v);
+    }
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg.set("bootstrap.servers", &kafka.brokers);
     cfg
 }
 
 /// A producer that writes each record exactly once and is acknowledged by every in-sync replica.
-pub fn idempotent_producer(brokers: &str, timeouts: PublishTimeouts) -> ClientConfig {
-    let mut cfg = client_config(brokers);
+pub fn idempotent_producer(kafka: &KafkaConnection, timeouts: PublishTimeouts) -> ClientConfig {
+    let mut cfg = tuned_client_config(
+        kafka,
+        &[
+            ("linger.ms", "0"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "200000"),
+            ("compression.type", "lz4"),
+        ],
+    );
     cfg.set("enable.idempotence", "true")
         .set("acks", "all")
         .set(
@@ -133,13 +154,12 @@ struct Generation {
 }
 
 impl Publisher {
-    pub fn new(brokers: &str, topic: &str, timeouts: PublishTimeouts) -> Result<Self> {
-        let mut config = idempotent_producer(brokers, timeouts);
-        config
-            .set("linger.ms", "0")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "200000")
-            .set("compression.type", "lz4");
+    pub fn new(
+        kafka: impl Into<KafkaConnection>,
+        topic: &str,
+        timeouts: PublishTimeouts,
+    ) -> Result<Self> {
+        let config = idempotent_producer(&kafka.into(), timeouts);
         let producer: FutureProducer = config.create()?;
         Ok(Self {
             config: std::sync::Arc::new(config),
@@ -270,22 +290,26 @@ pub trait TopicAdmin: Send + Sync {
 
 /// Topic administration through the Kafka admin API.
 pub struct KafkaAdmin {
-    brokers: String,
+    kafka: KafkaConnection,
     admin: AdminClient<DefaultClientContext>,
 }
 
 impl KafkaAdmin {
-    pub fn new(brokers: &str) -> Result<Self> {
+    pub fn new(kafka: impl Into<KafkaConnection>) -> Result<Self> {
+        let kafka = kafka.into();
         Ok(Self {
-            brokers: brokers.to_string(),
-            admin: client_config(brokers).create()?,
+            admin: client_config(&kafka).create()?,
+            kafka,
         })
     }
 }
 
 /// Partition count of `topic`, `None` when it does not exist.
-pub async fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>> {
-    let consumer: BaseConsumer = client_config(brokers)
+pub async fn partition_count(
+    kafka: impl Into<KafkaConnection>,
+    topic: &str,
+) -> Result<Option<i32>> {
+    let consumer: BaseConsumer = client_config(&kafka.into())
         .set("allow.auto.create.topics", "false")
         .create()?;
     let topic = topic.to_string();
@@ -304,7 +328,7 @@ pub async fn partition_count(brokers: &str, topic: &str) -> Result<Option<i32>> 
 impl TopicAdmin for KafkaAdmin {
     async fn ensure_topic(&self, topic: &str, partitions: i32) -> Result<TopicChange> {
         let opts = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-        match partition_count(&self.brokers, topic).await? {
+        match partition_count(&self.kafka, topic).await? {
             None => {
                 let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
                 for r in self.admin.create_topics([&new], &opts).await? {
@@ -393,8 +417,8 @@ pub struct LagProbe {
 }
 
 impl LagProbe {
-    pub fn new(brokers: &str, group: &str) -> Result<Self> {
-        let consumer: BaseConsumer = client_config(brokers)
+    pub fn new(kafka: impl Into<KafkaConnection>, group: &str) -> Result<Self> {
+        let consumer: BaseConsumer = client_config(&kafka.into())
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("allow.auto.create.topics", "false")
@@ -442,8 +466,12 @@ impl LagProbe {
 }
 
 /// Exact lag of `group` on `topic`, per partition (a one-off [`LagProbe`]).
-pub async fn group_lag(brokers: &str, group: &str, topic: &str) -> Result<Vec<PartitionLag>> {
-    LagProbe::new(brokers, group)?.lag(topic).await
+pub async fn group_lag(
+    kafka: impl Into<KafkaConnection>,
+    group: &str,
+    topic: &str,
+) -> Result<Vec<PartitionLag>> {
+    LagProbe::new(kafka, group)?.lag(topic).await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -470,12 +498,12 @@ pub fn drained_past(lags: &[PartitionLag], ends: &[(i32, i64)]) -> bool {
 
 /// Waits until `group` has committed everything on `topic`; the lag left when `within` ran out.
 pub async fn wait_drained(
-    brokers: &str,
+    kafka: impl Into<KafkaConnection>,
     group: &str,
     topic: &str,
     within: Duration,
 ) -> Result<i64> {
-    let probe = LagProbe::new(brokers, group)?;
+    let probe = LagProbe::new(kafka, group)?;
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let lag: i64 = probe.lag(topic).await?.iter().map(|l| l.lag).sum();

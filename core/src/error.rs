@@ -48,6 +48,8 @@ pub enum Error {
     BrokerUnsupported(String),
     #[error("campaign {0:?} is not provisioned (no coupons in the ledger)")]
     NotProvisioned(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("{0}")]
     Unexpected(String),
 }
@@ -69,6 +71,7 @@ impl Error {
             Self::GateRebuildWaiting { .. } => "gate_rebuild_waiting",
             Self::BrokerUnsupported(_) => "broker_unsupported",
             Self::NotProvisioned(_) => "not_provisioned",
+            Self::Config(_) => "config",
             Self::Unexpected(_) => "unexpected",
         }
     }

@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
+use crate::backends::{RedisConnection, redact};
 use crate::campaign::{CouponId, UserId};
 use crate::error::{Error, Result};
 
@@ -192,8 +193,9 @@ pub struct RedisGate {
 }
 
 impl RedisGate {
-    pub async fn connect(url: &str) -> Result<Self> {
-        let client = redis::Client::open(url)?;
+    pub async fn connect(redis: impl Into<RedisConnection>) -> Result<Self> {
+        let redis = redis.into();
+        let client = redis.client()?;
         // A hung Redis must not hang requests: every command answers within 2 s or fails.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
@@ -207,7 +209,7 @@ impl RedisGate {
         .map_err(|_| {
             Error::Unexpected(format!(
                 "redis at {} did not answer within 5 s",
-                redact(url)
+                redact(&redis.url)
             ))
         })??;
         let gate = Self {
@@ -267,17 +269,6 @@ impl RedisGate {
             invocation.arg(extra);
         }
         Ok(invocation.invoke_async(&mut conn).await?)
-    }
-}
-
-/// A URL with its password replaced, for logs.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 

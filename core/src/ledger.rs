@@ -112,7 +112,7 @@ impl Ledger {
                     .await?,
             )
         } else {
-            return Err(Error::DatabaseUrl(crate::gate::redact(url)));
+            return Err(Error::DatabaseUrl(crate::backends::redact(url)));
         };
         ledger.migrate().await?;
         Ok(ledger)

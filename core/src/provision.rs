@@ -16,7 +16,7 @@ pub struct Backends<'a> {
     pub gate: &'a dyn StockGate,
     pub ledger: &'a Ledger,
     pub topics: &'a dyn TopicAdmin,
-    pub brokers: &'a str,
+    pub kafka: &'a crate::backends::KafkaConnection,
     /// A lost gate is rebuilt only this long after it was first seen lost: longer than the
     /// API's delivery deadline, so every publish in flight at the loss is in the topic (and,
     /// once drained, in the ledger the rebuild reads).
@@ -156,12 +156,7 @@ async fn rebuild_is_safe(campaign: &Campaign, to: &Backends<'_>, coupon: CouponI
             wait_ms: grace - waited,
         });
     }
-    let lags = group_lag(
-        to.brokers,
-        &consumer_group(&campaign.name),
-        &campaign.topic(),
-    )
-    .await?;
+    let lags = group_lag(to.kafka, &consumer_group(&campaign.name), &campaign.topic()).await?;
     let lag: i64 = lags.iter().map(|l| l.lag).sum();
     if lag > 0 {
         return Err(Error::GateRebuildNeedsDrain { coupon, lag });

@@ -125,7 +125,7 @@ impl VerifyReport {
 pub struct VerifyInput<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
-    pub brokers: &'a str,
+    pub kafka: &'a crate::backends::KafkaConnection,
     /// Quantities from the spec file; `None` reads them from the ledger's `coupons` rows.
     pub spec: Option<BTreeMap<CouponId, i64>>,
     pub accepted: Option<&'a AcceptedLog>,
@@ -159,7 +159,7 @@ pub async fn verify(
             refused_sold_out: snap.map_or(0, |s| s.refused_sold_out),
         });
     }
-    let partitions = group_lag(input.brokers, &consumer_group(input.campaign), input.topic).await?;
+    let partitions = group_lag(input.kafka, &consumer_group(input.campaign), input.topic).await?;
     let lag: i64 = partitions.iter().map(|p| p.lag).sum();
     let mut checks = Vec::new();
 

@@ -399,7 +399,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             gate: &gate,
             ledger: &ledger,
             topics: topics.as_ref(),
-            brokers: &brokers,
+            kafka: &(&brokers).into(),
             rebuild_after: opts.settle_after(),
         },
     )
@@ -586,7 +586,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         &VerifyInput {
             campaign: &name,
             topic: &campaign.topic(),
-            brokers: &brokers,
+            kafka: &(&brokers).into(),
             spec: Some(
                 campaign
                     .coupons()
@@ -888,7 +888,7 @@ async fn heal_loop(
                         gate: &gate,
                         ledger: &ledger,
                         topics: &admin,
-                        brokers: &h.brokers,
+                        kafka: &(&h.brokers).into(),
                         rebuild_after: h.settle_after,
                     },
                 )

@@ -2,6 +2,7 @@
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
 pub mod chaos;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,7 +174,7 @@ impl Stack {
                 gate: gate.as_ref(),
                 ledger: &ledger,
                 topics,
-                brokers,
+                kafka: &brokers.into(),
                 rebuild_after: Duration::ZERO,
             },
         )
@@ -222,6 +223,20 @@ impl Stack {
         self.app = coupon_api::app(self.state.clone());
     }
 
+    /// Rebuilds the API with an identity check, rate limits and load shedding.
+    pub async fn admit_with(&mut self, admission: coupon_api::admission::Admission) {
+        let publisher = Publisher::new(
+            &self.brokers,
+            &self.campaign.topic(),
+            PublishTimeouts::default(),
+        )
+        .expect("producer");
+        self.state =
+            AppState::with_admission(&self.campaign.name, self.gate.clone(), publisher, admission);
+        assert!(self.state.refresh_catalog().await.expect("catalog"));
+        self.app = coupon_api::app(self.state.clone());
+    }
+
     /// Starts the consumer writing through `ledger` (tests pass a ledger behind a proxy).
     pub fn start_consumer(&mut self, ledger: Ledger) {
         self.stop = CancellationToken::new();
@@ -246,10 +261,22 @@ impl Stack {
         body: &str,
         key: Option<&str>,
     ) -> (StatusCode, serde_json::Value) {
+        let headers: Vec<_> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let (status, json, _) = self.post_with(coupon, body, &headers).await;
+        (status, json)
+    }
+
+    /// `POST /api/coupons/{coupon}/issue` with headers; the answer's headers too.
+    pub async fn post_with(
+        &self,
+        coupon: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
         let mut req = Request::post(format!("/api/coupons/{coupon}/issue"))
             .header("content-type", "application/json");
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let resp = self
             .app
@@ -258,9 +285,10 @@ impl Stack {
             .await
             .expect("infallible");
         let status = resp.status();
+        let answer_headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        (status, json)
+        (status, json, answer_headers)
     }
 
     pub async fn issue(&self, coupon: u32, user: u64) -> (StatusCode, serde_json::Value) {
@@ -321,7 +349,7 @@ impl Stack {
             &VerifyInput {
                 campaign: &self.campaign.name,
                 topic: &self.campaign.topic(),
-                brokers: &self.brokers,
+                kafka: &(&self.brokers).into(),
                 spec: Some(spec.coupons().iter().map(|c| (c.id, c.quantity)).collect()),
                 accepted,
             },
@@ -375,7 +403,7 @@ impl Stack {
                 gate: self.gate.as_ref(),
                 ledger: &self.ledger,
                 topics: &admin,
-                brokers: &self.brokers,
+                kafka: &(&self.brokers).into(),
                 rebuild_after: Duration::ZERO,
             },
         )

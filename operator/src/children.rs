@@ -6,16 +6,20 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
-    PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, SleepAction,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{CouponCampaign, SecretKey};
+use crate::crd::{
+    ApiWorkload, Connections, CouponCampaign, JWKS_PATH, KAFKA_PROPERTIES_PATH, SecretKey,
+    TLS_MOUNT,
+};
 
 pub const API_PORT: i32 = 8080;
 pub const CONSUMER_METRICS_PORT: i32 = 9090;
@@ -94,6 +98,102 @@ fn secret_env(var: &str, s: &SecretKey) -> EnvVar {
     }
 }
 
+/// The secured-connection files of `conn` as read-only Secret volumes, their mounts and the
+/// variables that point the binaries at them.
+pub fn secured_files(
+    conn: &Connections,
+    jwks: Option<&SecretKey>,
+) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
+    let (mut volumes, mut mounts, mut env) = (Vec::new(), Vec::new(), Vec::new());
+    let mut mount = |name: &str, secret: &str, items: Option<Vec<KeyToPath>>, at: &str| {
+        volumes.push(Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.into()),
+                items,
+                default_mode: Some(0o440),
+                optional: Some(false),
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: name.into(),
+            mount_path: at.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    };
+    if let Some(tls) = &conn.tls {
+        mount("tls", &tls.secret_name, None, TLS_MOUNT);
+        for (var, key) in [
+            ("REDIS_CA_FILE", &tls.redis_ca),
+            ("REDIS_CLIENT_CERT", &tls.redis_client_cert),
+            ("REDIS_CLIENT_KEY", &tls.redis_client_key),
+        ] {
+            if let Some(key) = key {
+                env.push(plain_env(var, &format!("{TLS_MOUNT}/{key}")));
+            }
+        }
+    }
+    // One Secret key as one file.
+    for (volume, key, path, var) in [
+        (
+            "kafka-properties",
+            conn.kafka_properties.as_ref(),
+            KAFKA_PROPERTIES_PATH,
+            "KAFKA_PROPERTIES_FILE",
+        ),
+        ("jwks", jwks, JWKS_PATH, "JWT_JWKS_FILE"),
+    ] {
+        let Some(key) = key else { continue };
+        let (dir, file) = path.rsplit_once('/').unwrap_or(("/", path));
+        let items = vec![KeyToPath {
+            key: key.key.clone(),
+            path: file.into(),
+            mode: None,
+        }];
+        mount(volume, &key.name, Some(items), dir);
+        env.push(plain_env(var, path));
+    }
+    (volumes, mounts, env)
+}
+
+/// The API's identity and limit flags from `spec.api` (the JWKS is a mounted file, see
+/// [`secured_files`]).
+fn admission_env(api: &ApiWorkload) -> Vec<EnvVar> {
+    let mut env = vec![plain_env("IDENTITY", &api.identity)];
+    if let Some(jwt) = &api.jwt {
+        if let Some(s) = &jwt.hs256_secret {
+            env.push(secret_env("JWT_HS256_SECRET", s));
+        }
+        for (var, value) in [
+            ("JWT_ISSUER", &jwt.issuer),
+            ("JWT_AUDIENCE", &jwt.audience),
+            ("JWT_USER_CLAIM", &jwt.user_claim),
+        ] {
+            if let Some(v) = value {
+                env.push(plain_env(var, v));
+            }
+        }
+    }
+    let l = &api.limits;
+    env.push(plain_env("RATE_PER_USER", &l.per_user.to_string()));
+    env.push(plain_env("RATE_PER_CLIENT", &l.per_client.to_string()));
+    for (var, value) in [
+        ("RATE_BURST", l.burst),
+        ("MAX_IN_FLIGHT", l.max_in_flight),
+        ("SHED_AFTER_MS", l.shed_after_ms),
+    ] {
+        if let Some(v) = value {
+            env.push(plain_env(var, &v.to_string()));
+        }
+    }
+    if let Some(h) = &l.client_address_header {
+        env.push(plain_env("CLIENT_ADDRESS_HEADER", h));
+    }
+    env
+}
+
 fn plain_env(var: &str, value: &str) -> EnvVar {
     EnvVar {
         name: var.into(),
@@ -128,11 +228,15 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
             cc.spec.api.image.as_deref().unwrap_or(image).to_string(),
             cc.spec.api.resources.clone(),
             API_PORT,
-            vec![
-                secret_env("REDIS_URL", &conn.redis),
-                secret_env("KAFKA_BROKERS", &conn.kafka),
-                plain_env("LISTEN", &format!("0.0.0.0:{API_PORT}")),
-            ],
+            [
+                vec![
+                    secret_env("REDIS_URL", &conn.redis),
+                    secret_env("KAFKA_BROKERS", &conn.kafka),
+                    plain_env("LISTEN", &format!("0.0.0.0:{API_PORT}")),
+                ],
+                admission_env(&cc.spec.api),
+            ]
+            .concat(),
             http_probe("/readyz", API_PORT),
         ),
         Component::Consumer => (
@@ -156,7 +260,13 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
             http_probe("/healthz", CONSUMER_METRICS_PORT),
         ),
     };
+    let jwks = match c {
+        Component::Api => cc.spec.api.jwt.as_ref().and_then(|j| j.jwks.as_ref()),
+        Component::Consumer => None,
+    };
+    let (volumes, mounts, secured_env) = secured_files(conn, jwks);
     let mut env = env;
+    env.extend(secured_env);
     env.push(plain_env("CAMPAIGN", &cc.name_any()));
     env.push(plain_env("LOG_FORMAT", "json"));
     Deployment {
@@ -210,15 +320,32 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                             ..Lifecycle::default()
                         }),
                         liveness_probe: Some(http_probe("/healthz", port)),
+                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
                         resources,
+                        // Pod Security "restricted" (checked on the rendered manifests).
                         security_context: Some(SecurityContext {
                             run_as_non_root: Some(true),
                             read_only_root_filesystem: Some(true),
                             allow_privilege_escalation: Some(false),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                ..Capabilities::default()
+                            }),
                             ..SecurityContext::default()
                         }),
                         ..Container::default()
                     }],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
                     ..PodSpec::default()
                 }),
             },
@@ -342,5 +469,55 @@ mod tests {
             image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
             Some("consumer:3")
         );
+    }
+
+    #[test]
+    fn secured_connections_are_mounted_read_only_and_pointed_at() {
+        let cc = CouponCampaign::new(
+            "c",
+            serde_json::from_value(serde_json::json!({
+                "coupons": [{"ids": "1", "name": "c", "discount": 1, "quantity": 1}],
+                "connections": {
+                    "redis": {"name": "b", "key": "REDIS_URL"},
+                    "kafka": {"name": "b", "key": "KAFKA_BROKERS"},
+                    "database": {"name": "b", "key": "DATABASE_URL"},
+                    "kafkaProperties": {"name": "kafka-client", "key": "client.properties"},
+                    "tls": {"secretName": "coupon-tls", "redisCa": "ca.pem",
+                            "redisClientCert": "client.pem", "redisClientKey": "client.key"}
+                }
+            }))
+            .expect("spec"),
+        );
+        for d in [api_deployment(&cc, "i"), consumer_deployment(&cc, 1, "i")] {
+            let pod = d.spec.and_then(|s| s.template.spec).expect("pod spec");
+            let volumes = pod.volumes.expect("volumes");
+            let secrets: Vec<_> = volumes
+                .iter()
+                .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+                .collect();
+            assert_eq!(secrets, ["coupon-tls", "kafka-client"]);
+            let c = &pod.containers[0];
+            let mounts = c.volume_mounts.as_ref().expect("mounts");
+            assert!(mounts.iter().all(|m| m.read_only == Some(true)));
+            let env: BTreeMap<_, _> = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+                .collect();
+            assert_eq!(env["REDIS_CA_FILE"], "/etc/coupon/tls/ca.pem");
+            assert_eq!(env["REDIS_CLIENT_KEY"], "/etc/coupon/tls/client.key");
+            assert_eq!(
+                env["KAFKA_PROPERTIES_FILE"],
+                "/etc/coupon/kafka/client.properties"
+            );
+        }
+        let plain = CouponCampaign::new("p", cc.spec.clone());
+        let mut plain = plain;
+        plain.spec.connections = Connections::default();
+        let pod = api_deployment(&plain, "i")
+            .spec
+            .and_then(|s| s.template.spec);
+        assert!(pod.is_some_and(|p| p.volumes.is_none()));
     }
 }

@@ -3,6 +3,7 @@
 //! from `coupon-core`; children and status are written by server-side apply, and only when they
 //! changed.
 
+use coupon_core::backends::KafkaConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +16,6 @@ use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -26,16 +26,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::children::{self, Component};
+pub use crate::connections::BackendUrls;
 use crate::crd::{
-    ConsumerStatus, CouponCampaign, CouponCampaignStatus, DeletionPolicy, PartitionLagStatus,
-    Phase, SecretKey,
+    ConsumerStatus, CouponCampaign, CouponCampaignStatus, DeletionPolicy, PartitionLagStatus, Phase,
 };
 use crate::scaling::{self, Decision, Policy};
 use crate::status::{condition, keep_transition_times};
-
-/// Redis URL, Kafka bootstrap servers and database URL, read from the campaign's Secret.
-/// Holds credentials: never logged.
-pub type BackendUrls = (String, String, String);
 
 /// One autoscaler recommendation and when it was made.
 type Recommendation = (DateTime<Utc>, i32);
@@ -125,7 +121,7 @@ pub(crate) struct Books {
 /// Connected backends, reused across reconciles of campaigns that share them.
 #[derive(Clone)]
 pub struct Connected {
-    pub brokers: String,
+    pub kafka: KafkaConnection,
     pub gate: Arc<RedisGate>,
     pub ledger: Ledger,
 }
@@ -133,7 +129,7 @@ pub struct Connected {
 pub struct Context {
     pub client: Client,
     pub reporter: Reporter,
-    backends: tokio::sync::Mutex<HashMap<(String, String, String), Connected>>,
+    backends: tokio::sync::Mutex<HashMap<BackendUrls, Connected>>,
     /// Autoscaler recommendations per campaign, for the scale-down window.
     history: Mutex<HashMap<String, Vec<Recommendation>>>,
     /// One lag-reading Kafka client per (brokers, group), kept across reconciles.
@@ -188,23 +184,26 @@ impl Context {
         if let Some(c) = cache.get(&urls) {
             return Ok(c.clone());
         }
-        let (redis, brokers, database) = urls.clone();
         let connected = Connected {
-            gate: Arc::new(RedisGate::connect(&redis).await?),
-            ledger: Ledger::connect(&database, 4).await?,
-            brokers,
+            gate: Arc::new(RedisGate::connect(urls.redis()?).await?),
+            ledger: Ledger::connect(&urls.database, 4).await?,
+            kafka: urls.kafka.clone(),
         };
         cache.insert(urls, connected.clone());
         Ok(connected)
     }
 
-    pub(crate) fn lag_probe(&self, brokers: &str, group: &str) -> Result<LagProbe, Error> {
+    pub(crate) fn lag_probe(
+        &self,
+        kafka: &KafkaConnection,
+        group: &str,
+    ) -> Result<LagProbe, Error> {
         let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (brokers.to_string(), group.to_string());
+        let key = (kafka.brokers.clone(), group.to_string());
         if let Some(p) = probes.get(&key) {
             return Ok(p.clone());
         }
-        let probe = LagProbe::new(brokers, group)?;
+        let probe = LagProbe::new(kafka, group)?;
         probes.insert(key, probe.clone());
         Ok(probe)
     }
@@ -239,34 +238,6 @@ pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> A
 }
 
 impl CouponCampaign {
-    async fn backend_urls(&self, client: &Client) -> Result<BackendUrls, Error> {
-        let ns = self.namespace().unwrap_or_else(|| "default".into());
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let mut cache: BTreeMap<String, Secret> = BTreeMap::new();
-        let mut read = async |k: &SecretKey| -> Result<String, Error> {
-            if !cache.contains_key(&k.name) {
-                let s = secrets
-                    .get_opt(&k.name)
-                    .await?
-                    .ok_or_else(|| Error::Secret(k.name.clone(), "not found".into()))?;
-                cache.insert(k.name.clone(), s);
-            }
-            let bytes = cache
-                .get(&k.name)
-                .and_then(|s| s.data.as_ref())
-                .and_then(|d| d.get(&k.key))
-                .ok_or_else(|| Error::Secret(k.name.clone(), format!("has no key {}", k.key)))?;
-            String::from_utf8(bytes.0.clone())
-                .map_err(|_| Error::Secret(k.name.clone(), format!("key {} is not UTF-8", k.key)))
-        };
-        let c = &self.spec.connections;
-        Ok((
-            read(&c.redis).await?,
-            read(&c.kafka).await?,
-            read(&c.database).await?,
-        ))
-    }
-
     /// The ledger's books and the gate's stock left over them, in one pass; `lost` when Redis
     /// no longer has the catalog or some coupon (restarted without persistence, keys gone).
     async fn read_books(&self, be: &Connected) -> Result<Books, Error> {
@@ -289,12 +260,12 @@ impl CouponCampaign {
     /// One pass: provision, scale, children, settle, status; each phase its own function.
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
         let campaign = Campaign::new(self.name_any(), self.spec.campaign.clone())?;
-        let urls = self.backend_urls(&ctx.client).await?;
+        let urls = crate::connections::read(self, &ctx.client).await?;
         let be = ctx.connect(urls.clone()).await?;
         let mut pass = Pass::new(self);
         let books = self.provision(ctx, &campaign, &be, &mut pass).await?;
         let lags = ctx
-            .lag_probe(&be.brokers, &consumer_group(&campaign.name))?
+            .lag_probe(&be.kafka, &consumer_group(&campaign.name))?
             .lag(&campaign.topic())
             .await?;
         let scale = self.scale(ctx, &campaign, &lags).await?;
@@ -335,14 +306,14 @@ impl CouponCampaign {
             );
             return Ok(read);
         }
-        let admin = KafkaAdmin::new(&be.brokers)?;
+        let admin = KafkaAdmin::new(&be.kafka)?;
         let result = provision(
             campaign,
             &Backends {
                 gate: be.gate.as_ref(),
                 ledger: &be.ledger,
                 topics: &admin,
-                brokers: &be.brokers,
+                kafka: &be.kafka,
                 rebuild_after: ctx.settle_after,
             },
         )
@@ -675,7 +646,9 @@ impl CouponCampaign {
                 "deletion policy Retain: topic, ledger rows and Redis stock kept".to_string()
             }
             DeletionPolicy::Delete => {
-                let be = ctx.connect(self.backend_urls(&ctx.client).await?).await?;
+                let be = ctx
+                    .connect(crate::connections::read(self, &ctx.client).await?)
+                    .await?;
                 let coupons = be.ledger.coupon_quantities(&self.name_any()).await?;
                 let removed = be
                     .gate

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.coupons.all(c, c.quantity > 0)", "message": "every coupon quantity must be positive"},
     {"rule": "self.coupons.all(a, self.coupons.exists_one(b, string(b.ids) == string(a.ids)))", "message": "coupon ids must be unique"},
-    {"rule": "!has(self.startsAt) || !has(self.endsAt) || timestamp(self.endsAt) > timestamp(self.startsAt)", "message": "endsAt must be after startsAt"},
+    {"rule": "!has(self.startsAt) || !has(self.endsAt) || self.endsAt > self.startsAt", "message": "endsAt must be after startsAt"},
     {"rule": "!has(oldSelf.topic) || !has(self.topic) || self.topic.partitions >= oldSelf.topic.partitions", "message": "topic partitions may only grow"},
     {"rule": "self.consumers.minReplicas <= self.consumers.maxReplicas", "message": "consumers.minReplicas must not exceed maxReplicas"}
 ]))]
@@ -66,7 +66,37 @@ pub struct Connections {
     pub kafka: SecretKey,
     /// The ledger URL (`postgres://…` or `mysql://…`).
     pub database: SecretKey,
+    /// A librdkafka properties file (`security.protocol`, `sasl.*`, `ssl.*`, …), mounted into
+    /// the workloads at /etc/coupon/kafka/client.properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_properties: Option<SecretKey>,
+    /// PEM files (CAs, client certificates and keys) mounted read-only at /etc/coupon/tls; URLs
+    /// and Kafka properties refer to them as /etc/coupon/tls/KEY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
 }
+
+/// Where the certificates are: one Secret, and which of its keys Redis uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    pub secret_name: String,
+    /// Key of the CA that signed the Redis server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<String>,
+    /// Keys of a client certificate and its private key, for Redis mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_client_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_client_key: Option<String>,
+}
+
+/// Where the workloads find the TLS Secret's files.
+pub const TLS_MOUNT: &str = "/etc/coupon/tls";
+/// Where the API finds the JWKS of `api.jwt.jwks`.
+pub const JWKS_PATH: &str = "/etc/coupon/jwt/jwks.json";
+/// Where the workloads find the Kafka properties file.
+pub const KAFKA_PROPERTIES_PATH: &str = "/etc/coupon/kafka/client.properties";
 
 /// One Secret, `coupon-backends`, with REDIS_URL, KAFKA_BROKERS and DATABASE_URL.
 impl Default for Connections {
@@ -79,6 +109,8 @@ impl Default for Connections {
             redis: key("REDIS_URL"),
             kafka: key("KAFKA_BROKERS"),
             database: key("DATABASE_URL"),
+            kafka_properties: None,
+            tls: None,
         }
     }
 }
@@ -95,6 +127,61 @@ pub struct ApiWorkload {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Who the user is: `body`, `header:NAME` or `jwt` (the API's `--identity`).
+    #[serde(default = "default_identity")]
+    #[schemars(regex(pattern = r"^(body|jwt|header:[A-Za-z0-9-]+)$"))]
+    pub identity: String,
+    /// Token checks of `identity: jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+    /// Abuse limits; 0 disables each.
+    #[serde(default)]
+    pub limits: ApiLimits,
+}
+
+/// Where the API verifies tokens from and what they must say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// An HS256 secret (at least 32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs256_secret: Option<SecretKey>,
+    /// A JWKS document with the issuer's public keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<SecretKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claim with the numeric user id (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_claim: Option<String>,
+}
+
+/// Per API replica: requests per second per user and per client address, the bucket size,
+/// requests in flight, and how long one waits for room before it is shed with 503.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiLimits {
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub per_user: u32,
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub per_client: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shed_after_ms: Option<u32>,
+    /// Header with the client address behind the ingress, e.g. X-Forwarded-For.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address_header: Option<String>,
+}
+
+fn default_identity() -> String {
+    "body".into()
 }
 
 fn default_api_replicas() -> i32 {
@@ -107,6 +194,9 @@ impl Default for ApiWorkload {
             replicas: default_api_replicas(),
             image: None,
             resources: None,
+            identity: default_identity(),
+            jwt: None,
+            limits: ApiLimits::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `coupon-operator`: reconciles `CouponCampaign` resources.
 
 pub mod children;
+pub mod connections;
 pub mod controller;
 pub mod crd;
 pub mod lease;

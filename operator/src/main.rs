@@ -38,6 +38,10 @@ struct Args {
     /// fact; must exceed the API's --publish-timeout-ms with a margin.
     #[arg(long, env = "SETTLE_AFTER_MS", default_value_t = coupon_core::provision::DELIVERY_GRACE.as_millis() as u64)]
     settle_after_ms: u64,
+    /// Reconcile campaigns in these namespaces only (comma separated); empty watches every
+    /// namespace. The chart's watchNamespaces grants namespaced Roles to match.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +66,7 @@ async fn main() -> ExitCode {
         workload_image,
         settle_every_secs,
         settle_after_ms,
+        watch_namespaces,
     } = Args::parse();
     match command.unwrap_or(Command::Run) {
         Command::Crdgen => {
@@ -86,7 +91,12 @@ async fn main() -> ExitCode {
                 every: Duration::from_secs(settle_every_secs.max(1)),
                 after: Duration::from_millis(settle_after_ms),
             };
-            match run(health_listen, workload_image, settlement).await {
+            let namespaces: Vec<String> = watch_namespaces
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            match run(health_listen, workload_image, settlement, namespaces).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("coupon-operator: {e}");
@@ -106,6 +116,7 @@ async fn run(
     health_listen: SocketAddr,
     workload_image: String,
     settlement: Settlement,
+    namespaces: Vec<String>,
 ) -> Result<(), String> {
     let client = Client::try_default()
         .await
@@ -159,20 +170,35 @@ async fn run(
         ctx.clone(),
         stop_settling.clone(),
     ));
-    tracing::info!("coupon-operator reconciling CouponCampaigns");
-    Controller::new(
-        Api::<CouponCampaign>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client), watcher::Config::default())
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "reconcile");
-        }
-    })
-    .await;
+    tracing::info!(?namespaces, "coupon-operator reconciling CouponCampaigns");
+    // One controller per watched namespace (namespaced Roles suffice), or one for all.
+    let scopes: Vec<(Api<CouponCampaign>, Api<Deployment>)> = if namespaces.is_empty() {
+        vec![(Api::all(client.clone()), Api::all(client.clone()))]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(client.clone(), ns),
+                    Api::namespaced(client.clone(), ns),
+                )
+            })
+            .collect()
+    };
+    let controllers = scopes.into_iter().map(|(campaigns, deployments)| {
+        Controller::new(campaigns, watcher::Config::default())
+            .owns(deployments, watcher::Config::default())
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx.clone())
+            .boxed()
+    });
+    futures::stream::select_all(controllers)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
     stop_settling.cancel();
     Ok(())
 }

@@ -98,7 +98,7 @@ pub async fn settle_all(ctx: &Context) -> BTreeMap<String, Result<SettleReport, 
 
 async fn settle_one(ctx: &Context, entry: &Entry) -> Result<SettleReport, Error> {
     let be = ctx.connect(entry.urls.clone()).await?;
-    let lag = ctx.lag_probe(&be.brokers, &consumer_group(&entry.campaign))?;
+    let lag = ctx.lag_probe(&be.kafka, &consumer_group(&entry.campaign))?;
     let report = settle(
         &Books {
             campaign: &entry.campaign,

@@ -315,8 +315,9 @@ fn the_image_holds_every_binary_the_manifests_start() {
     assert_eq!(pod["securityContext"]["runAsUser"].as_i64(), Some(65532));
 }
 
-/// The runtime image is distroless "cc": glibc and libgcc only, so the binaries may link
-/// nothing else (zlib is static through rdkafka's libz-static, SQLite bundled by sqlx).
+/// The runtime image is distroless "cc": glibc, libgcc and OpenSSL 3 (librdkafka's TLS and
+/// SASL-SCRAM), so the binaries may link nothing else (zlib is static through rdkafka's
+/// libz-static, SQLite bundled by sqlx, Redis and database TLS are rustls).
 #[test]
 fn the_binaries_need_nothing_the_distroless_image_lacks() {
     const IN_IMAGE: &[&str] = &[
@@ -327,6 +328,8 @@ fn the_binaries_need_nothing_the_distroless_image_lacks() {
         "libpthread.so.0",
         "libdl.so.2",
         "librt.so.1",
+        "libssl.so.3",
+        "libcrypto.so.3",
     ];
     for bin in [
         "coupon-operator",
@@ -381,4 +384,236 @@ fn the_scripts_pass_shellcheck() {
     args.extend(scripts.iter().map(String::as_str));
     let (ok, out, err) = run("shellcheck", &args);
     assert!(ok, "{out}{err}");
+}
+
+/// watchNamespaces turns the ClusterRole into a Role per listed namespace (Secrets readable
+/// there only) and tells the operator which namespaces to watch.
+#[test]
+fn watch_namespaces_grants_namespaced_roles_only() {
+    let docs = helm_template(&["watchNamespaces={shop-a,shop-b}"]).expect("renders");
+    let kinds = kinds(&docs);
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| k == "ClusterRole" || k == "ClusterRoleBinding")
+    );
+    let roles: BTreeSet<(&str, &str)> = find(&docs, "Role")
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r["metadata"]["namespace"].as_str()?,
+                r["metadata"]["name"].as_str()?,
+            ))
+        })
+        .collect();
+    for ns in ["shop-a", "shop-b"] {
+        assert!(
+            roles
+                .iter()
+                .any(|(n, name)| *n == ns && !name.ends_with("leader-election")),
+            "no Role in {ns}: {roles:?}"
+        );
+    }
+    let deployment = find(&docs, "Deployment")[0];
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"].as_str() == Some("WATCH_NAMESPACES")
+                && e["value"].as_str() == Some("shop-a,shop-b"))
+    );
+    let text = docs
+        .iter()
+        .map(|d| serde_yaml::to_string(d).expect("yaml"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    validate(&scratch("chart-namespaced.yaml", &text));
+}
+
+/// The optional NetworkPolicies: the API only from the ingress namespace (and Prometheus), the
+/// consumer reaches only DNS and the listed backends.
+#[test]
+fn network_policies_render_for_the_campaign_namespaces() {
+    assert!(
+        helm_template(&["networkPolicy.enabled=true"])
+            .err()
+            .is_some_and(|e| e.contains("watchNamespaces")),
+        "enabling without namespaces explains itself"
+    );
+    assert!(find(&helm_template(&[]).expect("renders"), "NetworkPolicy").is_empty());
+    let docs = helm_template(&[
+        "networkPolicy.enabled=true",
+        "watchNamespaces={shop}",
+        "networkPolicy.backends[0].namespace=data",
+        "networkPolicy.backends[0].ports={6379,9092,5432}",
+    ])
+    .expect("renders");
+    let policies = find(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 2);
+    let by_name = |n: &str| {
+        policies
+            .iter()
+            .find(|p| p["metadata"]["name"].as_str() == Some(n))
+            .copied()
+            .expect("policy")
+    };
+    let api = by_name("coupon-api");
+    assert_eq!(api["metadata"]["namespace"].as_str(), Some("shop"));
+    assert_eq!(
+        api["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("coupon-api")
+    );
+    assert_eq!(
+        api["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"]
+            .as_str(),
+        Some("ingress-nginx")
+    );
+    let consumer = by_name("coupon-consumer");
+    let egress = consumer["spec"]["egress"].as_sequence().expect("egress");
+    assert_eq!(egress.len(), 2, "DNS and the one backend entry");
+    let ports: Vec<i64> = egress[1]["ports"]
+        .as_sequence()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert_eq!(ports, [6379, 9092, 5432]);
+    let text = policies
+        .iter()
+        .map(|d| serde_yaml::to_string(d).expect("yaml"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    validate(&scratch("network-policies.yaml", &text));
+}
+
+/// Pod Security Standards "restricted" for every pod this product runs: the operator (chart)
+/// and the API and consumer (rendered by `coupon-operator manifests`, TLS mounts included).
+#[test]
+fn every_pod_passes_the_restricted_pod_security_profile() {
+    let docs = helm_template(EVERY_OPTION).expect("renders");
+    let mut pods: Vec<(String, Value)> = find(&docs, "Deployment")
+        .iter()
+        .map(|d| {
+            (
+                "operator".to_string(),
+                d["spec"]["template"]["spec"].clone(),
+            )
+        })
+        .collect();
+    let campaign = scratch(
+        "secured-campaign.yaml",
+        "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {name: secured}\nspec:\n  coupons:\n    - {ids: \"1\", name: c, discount: 1, quantity: 1}\n  connections:\n    redis: {name: b, key: REDIS_URL}\n    kafka: {name: b, key: KAFKA_BROKERS}\n    database: {name: b, key: DATABASE_URL}\n    kafkaProperties: {name: k, key: client.properties}\n    tls: {secretName: t, redisCa: ca.pem}\n",
+    );
+    let (ok, out, err) = run(
+        &common::tools::binary("coupon-operator").to_string_lossy(),
+        &["manifests", "-f", &campaign.to_string_lossy()],
+    );
+    assert!(ok, "{err}");
+    for d in out
+        .split("\n---")
+        .filter_map(|d| serde_yaml::from_str::<Value>(d).ok())
+    {
+        if d["kind"].as_str() == Some("Deployment") {
+            let name = d["metadata"]["name"].as_str().unwrap_or("?").to_string();
+            pods.push((name, d["spec"]["template"]["spec"].clone()));
+        }
+    }
+    assert_eq!(pods.len(), 3, "operator, API and consumer");
+    for (name, pod) in &pods {
+        let problems = restricted_violations(pod);
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+    // The checker itself refuses what the profile refuses.
+    let mut bad = pods[1].1.clone();
+    bad["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = Value::Bool(true);
+    bad["hostNetwork"] = Value::Bool(true);
+    assert_eq!(restricted_violations(&bad).len(), 2);
+}
+
+/// The checks of the "restricted" profile (kubernetes.io/docs/concepts/security/pod-security-standards),
+/// baseline's included, for one pod spec.
+fn restricted_violations(pod: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for host in ["hostNetwork", "hostPID", "hostIPC"] {
+        if pod[host].as_bool() == Some(true) {
+            out.push(format!("{host} is true"));
+        }
+    }
+    const VOLUMES: &[&str] = &[
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for v in pod["volumes"].as_sequence().into_iter().flatten() {
+        let kinds: Vec<&str> = v
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, _)| k.as_str())
+            .filter(|k| *k != "name")
+            .collect();
+        if kinds.iter().any(|k| !VOLUMES.contains(k)) {
+            out.push(format!("volume {kinds:?} is not allowed"));
+        }
+    }
+    let pod_sc = &pod["securityContext"];
+    let seccomp_ok = |sc: &Value| {
+        matches!(
+            sc["seccompProfile"]["type"].as_str(),
+            Some("RuntimeDefault" | "Localhost")
+        )
+    };
+    for c in pod["containers"].as_sequence().into_iter().flatten() {
+        let sc = &c["securityContext"];
+        let name = c["name"].as_str().unwrap_or("?");
+        if sc["privileged"].as_bool() == Some(true) {
+            out.push(format!("{name}: privileged"));
+        }
+        if sc["allowPrivilegeEscalation"].as_bool() != Some(false) {
+            out.push(format!("{name}: allowPrivilegeEscalation is not false"));
+        }
+        let non_root = sc["runAsNonRoot"]
+            .as_bool()
+            .or(pod_sc["runAsNonRoot"].as_bool());
+        if non_root != Some(true) {
+            out.push(format!("{name}: runAsNonRoot is not true"));
+        }
+        if sc["runAsUser"].as_i64() == Some(0) || pod_sc["runAsUser"].as_i64() == Some(0) {
+            out.push(format!("{name}: runs as root"));
+        }
+        if !seccomp_ok(sc) && !seccomp_ok(pod_sc) {
+            out.push(format!("{name}: no RuntimeDefault seccomp profile"));
+        }
+        let drops: Vec<&str> = sc["capabilities"]["drop"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str())
+            .collect();
+        if !drops.contains(&"ALL") {
+            out.push(format!("{name}: capabilities do not drop ALL"));
+        }
+        for add in sc["capabilities"]["add"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            if add.as_str() != Some("NET_BIND_SERVICE") {
+                out.push(format!("{name}: adds capability {add:?}"));
+            }
+        }
+        for p in c["ports"].as_sequence().into_iter().flatten() {
+            if p["hostPort"].as_i64().is_some_and(|h| h != 0) {
+                out.push(format!("{name}: hostPort"));
+            }
+        }
+    }
+    out
 }

@@ -324,7 +324,8 @@ async fn drift_between_redis_and_the_ledger_is_reported_per_coupon() {
 
 /// Least privilege: every call the operator makes in a campaign's life (leader election,
 /// provisioning, children, status, events, scaling, cleanup) is granted by the chart's RBAC, and
-/// the chart grants nothing else but the list/watch the controller's watches need.
+/// the chart grants nothing else but the list/watch the controller's watches need; in both modes:
+/// cluster-wide, and `watchNamespaces` (Roles in the campaign's namespace and the lease's only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_grants_exactly_what_the_operator_calls() {
     use coupon_operator::lease::LeaseLock;
@@ -354,22 +355,28 @@ async fn the_chart_rbac_grants_exactly_what_the_operator_calls() {
     api.put(&cc_path(&name), cc);
     run(&api, &ctx, &name).await;
 
-    let grants = common::tools::chart_grants();
     let used: std::collections::BTreeSet<_> = api.rbac_calls().into_iter().collect();
-    for call in &used {
-        assert!(grants.contains(call), "the chart does not grant {call:?}");
-    }
-    let watches = [
-        ("coupons.fcfs.dev", "couponcampaigns"),
-        ("apps", "deployments"),
-    ];
-    for g in &grants {
-        let watch =
-            (g.2 == "list" || g.2 == "watch") && watches.contains(&(g.0.as_str(), g.1.as_str()));
-        assert!(
-            watch || used.contains(g),
-            "the chart grants {g:?}, which the operator never calls"
-        );
+    let namespaced = format!("watchNamespaces={{{NS}}}");
+    for (sets, only_in) in [(vec![], None), (vec![namespaced.as_str()], Some(NS))] {
+        let grants = common::tools::chart_grants(&sets, only_in);
+        for call in &used {
+            assert!(
+                grants.contains(call),
+                "{sets:?}: the chart does not grant {call:?}"
+            );
+        }
+        let watches = [
+            ("coupons.fcfs.dev", "couponcampaigns"),
+            ("apps", "deployments"),
+        ];
+        for g in &grants {
+            let watch = (g.2 == "list" || g.2 == "watch")
+                && watches.contains(&(g.0.as_str(), g.1.as_str()));
+            assert!(
+                watch || used.contains(g),
+                "{sets:?}: the chart grants {g:?}, which the operator never calls"
+            );
+        }
     }
 }
 

@@ -34,3 +34,37 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "coupon-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{/*
+Egress of campaign workloads: DNS, then each backend of networkPolicy.backends (an ipBlock CIDR
+or a namespace, and its ports).
+*/}}
+{{- define "coupon-operator.backendEgress" -}}
+- to:
+    - namespaceSelector: {}
+      podSelector:
+        matchLabels:
+          k8s-app: kube-dns
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- range .Values.networkPolicy.backends }}
+- to:
+    {{- if .cidr }}
+    - ipBlock:
+        cidr: {{ .cidr }}
+    {{- end }}
+    {{- if .namespace }}
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .namespace }}
+    {{- end }}
+  ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}

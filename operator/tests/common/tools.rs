@@ -87,13 +87,23 @@ pub const EVERY_OPTION: &[&str] = &[
     "prometheusRule.enabled=true",
 ];
 
-/// The `(apiGroup, resource, verb)` grants of the chart's ClusterRole and Role, rendered.
-pub fn chart_grants() -> Vec<(String, String, String)> {
-    let docs = helm_template(&[]).expect("chart renders");
+/// The `(apiGroup, resource, verb)` grants of the chart's ClusterRoles and Roles, rendered with
+/// `sets`; with `only_in`, Roles of other namespaces (and every ClusterRole) are left out.
+pub fn chart_grants(sets: &[&str], only_in: Option<&str>) -> Vec<(String, String, String)> {
+    let docs = helm_template(sets).expect("chart renders");
     let mut grants = Vec::new();
     for d in docs
         .iter()
         .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRole") | Some("Role")))
+        .filter(|d| {
+            only_in.is_none_or(|ns| {
+                d["kind"].as_str() == Some("Role")
+                    && (d["metadata"]["namespace"].as_str() == Some(ns)
+                        || d["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|n| n.ends_with("leader-election")))
+            })
+        })
     {
         for rule in d["rules"].as_sequence().into_iter().flatten() {
             let strs = |k: &str| -> Vec<String> {

@@ -1,0 +1,115 @@
+//! The API's OpenAPI 3 contract, generated from the handlers and types (`utoipa`), served at
+//! `/openapi.json` and checked into `api/openapi.json` (a test fails when they drift).
+
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::ApiError;
+
+/// The issue request's body (as `--identity body`, the default, requires it). With
+/// `--identity header:NAME` or `jwt` the body may be empty or omit `userId`; a `userId` that
+/// disagrees with the authenticated user is refused.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the body; the request stage parses it by hand
+#[schema(as = IssueBody)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBody {
+    /// The user asking for the coupon (positive, at most 2^63-1).
+    #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64, format = Int64)]
+    #[serde(rename = "userId")]
+    pub user_id: u64,
+}
+
+/// Every refusal: a stable `code`, a human message and, when the outcome is unknown (`503
+/// unavailable` after a reservation) or already decided (`409 already_issued`), the request id.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the shape of ApiError's JSON
+pub struct Refusal {
+    #[schema(schema_with = refusal_code)]
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "requestId")]
+    pub request_id: Option<uuid::Uuid>,
+}
+
+fn refusal_code() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ApiError::CODES.to_vec()))
+        .description(Some("Stable refusal code"))
+        .into()
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("Only with --identity jwt"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "coupon-api",
+        description = "First-come-first-served coupon issuance: 202 only after the broker acknowledged the event."
+    ),
+    paths(
+        crate::issue,
+        crate::coupon,
+        crate::healthz,
+        crate::readyz,
+        crate::metrics,
+        crate::openapi_json
+    ),
+    components(schemas(IssueBody, Refusal, crate::issue::Accepted, crate::CouponView)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// The contract as pretty JSON, as checked in.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `api/openapi.json` is what the code generates; after a change to the API, regenerate it
+    /// with `UPDATE_CONTRACT=1 cargo test -p coupon-api contract` and review the diff.
+    #[test]
+    fn the_checked_in_contract_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        let generated = format!("{}\n", openapi_json());
+        if std::env::var_os("UPDATE_CONTRACT").is_some() {
+            std::fs::write(&path, &generated).expect("write api/openapi.json");
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "api/openapi.json drifted from the code: UPDATE_CONTRACT=1 cargo test -p coupon-api contract"
+        );
+    }
+
+    #[test]
+    fn every_refusal_code_is_in_the_contract() {
+        let doc = openapi_json();
+        for code in ApiError::CODES {
+            assert!(doc.contains(&format!("\"{code}\"")), "{code} missing");
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! How to reach the backends securely: Redis over TLS with a private CA and client certificate,
+//! and any librdkafka property (SASL, TLS) for Kafka. The database needs nothing here: sqlx reads
+//! its TLS mode and certificates from the URL (`sslmode=verify-full&sslrootcert=…`,
+//! `ssl-mode=VERIFY_IDENTITY&ssl-ca=…`).
+
+use std::fmt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Environment variables with this prefix become librdkafka properties:
+/// `KAFKA_CLIENT_SASL_MECHANISM=SCRAM-SHA-512` sets `sasl.mechanism` (`_` is `.`, `__` is `_`).
+pub const KAFKA_ENV_PREFIX: &str = "KAFKA_CLIENT_";
+
+/// Bootstrap servers plus client properties (`security.protocol`, `sasl.*`, `ssl.*`, …).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct KafkaConnection {
+    pub brokers: String,
+    /// Applied in order, after the product's defaults and before the settings correctness
+    /// depends on (idempotence, acks, offset handling), which always win.
+    pub properties: Vec<(String, String)>,
+}
+
+impl KafkaConnection {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// Adds the properties of a Java-style properties file (`key=value` or `key: value`,
+    /// `#`/`!` comments).
+    pub fn with_properties_file(mut self, path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("kafka properties file {}: {e}", path.display())))?;
+        let parsed = parse_properties(&text)
+            .map_err(|e| Error::Config(format!("kafka properties file {}: {e}", path.display())))?;
+        self.properties.extend(parsed);
+        Ok(self)
+    }
+
+    /// Adds the `KAFKA_CLIENT_*` variables among `vars` (later ones override earlier ones).
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut from_env: Vec<_> = vars
+            .into_iter()
+            .filter_map(|(k, v)| Some((env_property(&k)?, v)))
+            .collect();
+        from_env.sort();
+        self.properties.extend(from_env);
+        self
+    }
+
+    /// The properties as `KAFKA_CLIENT_*` variables, for a child process (the demo, the bench).
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                let name = k.replace('_', "__").replace('.', "_").to_ascii_uppercase();
+                (format!("{KAFKA_ENV_PREFIX}{name}"), v.clone())
+            })
+            .collect()
+    }
+}
+
+impl From<&str> for KafkaConnection {
+    fn from(brokers: &str) -> Self {
+        Self::new(brokers)
+    }
+}
+
+impl From<&String> for KafkaConnection {
+    fn from(brokers: &String) -> Self {
+        Self::new(brokers.as_str())
+    }
+}
+
+impl From<&KafkaConnection> for KafkaConnection {
+    fn from(c: &KafkaConnection) -> Self {
+        c.clone()
+    }
+}
+
+// Hand-written so passwords and keys never reach a log line.
+impl fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props: Vec<String> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                if is_secret(k) {
+                    format!("{k}=***")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        f.debug_struct("KafkaConnection")
+            .field("brokers", &self.brokers)
+            .field("properties", &props)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, private keys, OAuth secrets).
+pub fn is_secret(property: &str) -> bool {
+    let p = property.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "ssl.key.pem",
+        "private",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| p.contains(s))
+}
+
+fn env_property(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(KAFKA_ENV_PREFIX)?;
+    if rest.is_empty() {
+        return None;
+    }
+    // `__` is a literal underscore (`log_level`), a single `_` a dot.
+    Some(
+        rest.to_ascii_lowercase()
+            .split("__")
+            .map(|part| part.replace('_', "."))
+            .collect::<Vec<_>>()
+            .join("_"),
+    )
+}
+
+/// Parses `key=value` / `key: value` lines; blank lines and `#`/`!` comments are skipped.
+pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some(at) = line.find(['=', ':']) else {
+            return Err(format!("line {}: expected key=value", n + 1));
+        };
+        let (key, value) = (line[..at].trim(), line[at + 1..].trim());
+        if key.is_empty() {
+            return Err(format!("line {}: empty key", n + 1));
+        }
+        out.push((key.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
+/// A Redis URL (`redis://` or `rediss://`, ACL user and password in it) plus, for TLS, a private
+/// CA and an optional client certificate.
+#[derive(Clone)]
+pub struct RedisConnection {
+    pub url: String,
+    root_cert: Option<Vec<u8>>,
+    client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisConnection {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            root_cert: None,
+            client_cert: None,
+        }
+    }
+
+    /// Reads PEM files: the CA that signed the server's certificate and a client certificate
+    /// with its key (both or neither).
+    pub fn with_files(
+        mut self,
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self> {
+        let read = |what: &str, p: &Path| {
+            std::fs::read(p)
+                .map_err(|e| Error::Config(format!("redis {what} {}: {e}", p.display())))
+        };
+        self.root_cert = ca.map(|p| read("CA file", p)).transpose()?;
+        self.client_cert = match (cert, key) {
+            (Some(c), Some(k)) => Some((read("client certificate", c)?, read("client key", k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "redis: a client certificate needs its key and a key its certificate".into(),
+                ));
+            }
+        };
+        if (self.root_cert.is_some() || self.client_cert.is_some())
+            && !self.url.starts_with("rediss://")
+        {
+            return Err(Error::Config(format!(
+                "redis: certificates are given but {} is not a rediss:// URL",
+                redact(&self.url)
+            )));
+        }
+        Ok(self)
+    }
+
+    pub fn client(&self) -> Result<redis::Client> {
+        if self.root_cert.is_none() && self.client_cert.is_none() {
+            return Ok(redis::Client::open(self.url.as_str())?);
+        }
+        let certs = redis::TlsCertificates {
+            client_tls: self
+                .client_cert
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.root_cert.clone(),
+        };
+        Ok(redis::Client::build_with_tls(self.url.as_str(), certs)?)
+    }
+}
+
+impl From<&str> for RedisConnection {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&String> for RedisConnection {
+    fn from(url: &String) -> Self {
+        Self::new(url.as_str())
+    }
+}
+
+impl From<&RedisConnection> for RedisConnection {
+    fn from(c: &RedisConnection) -> Self {
+        c.clone()
+    }
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("url", &redact(&self.url))
+            .field("ca", &self.root_cert.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
+}
+
+/// A URL with its password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_files_parse_like_java_ones() {
+        let text = "# managed Kafka\nsecurity.protocol=SASL_SSL\n  sasl.mechanism : SCRAM-SHA-512\n\n! old\nsasl.password=a=b:c\n";
+        assert_eq!(
+            parse_properties(text).expect("test value"),
+            vec![
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "SCRAM-SHA-512".into()),
+                ("sasl.password".into(), "a=b:c".into()),
+            ]
+        );
+        assert_eq!(
+            parse_properties("ok=1\nno separator here\n").expect_err("refused"),
+            "line 2: expected key=value"
+        );
+    }
+
+    #[test]
+    fn prefixed_variables_become_properties_and_back() {
+        let c = KafkaConnection::new("b:9092").with_env([
+            ("KAFKA_CLIENT_SASL_USERNAME".to_string(), "app".to_string()),
+            ("KAFKA_CLIENT_LOG__LEVEL".to_string(), "6".to_string()),
+            ("KAFKA_BROKERS".to_string(), "ignored".to_string()),
+            ("KAFKA_CLIENT_".to_string(), "ignored".to_string()),
+        ]);
+        assert_eq!(
+            c.properties,
+            vec![
+                ("log_level".into(), "6".into()),
+                ("sasl.username".into(), "app".into())
+            ]
+        );
+        let back = KafkaConnection::new("b:9092").with_env(c.env_vars());
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn secrets_never_reach_debug_output() {
+        let c = KafkaConnection::new("b:9092").with_env([
+            (
+                "KAFKA_CLIENT_SASL_PASSWORD".to_string(),
+                "hunter2".to_string(),
+            ),
+            (
+                "KAFKA_CLIENT_SSL_KEY_PASSWORD".to_string(),
+                "hunter3".to_string(),
+            ),
+            ("KAFKA_CLIENT_SASL_USERNAME".to_string(), "app".to_string()),
+        ]);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(shown.contains("sasl.username=app"), "{shown}");
+        let r = RedisConnection::new("rediss://coupons:s3cret@redis:6380");
+        assert!(!format!("{r:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn certificates_need_tls_and_come_in_pairs() {
+        let dir = std::env::temp_dir();
+        let pem = dir.join(format!("coupon-backends-test-{}.pem", std::process::id()));
+        std::fs::write(&pem, "not checked here").expect("test value");
+        let plain = RedisConnection::new("redis://127.0.0.1:6379")
+            .with_files(Some(&pem), None, None)
+            .expect_err("refused");
+        assert!(plain.to_string().contains("not a rediss:// URL"), "{plain}");
+        let half = RedisConnection::new("rediss://127.0.0.1:6380")
+            .with_files(None, Some(&pem), None)
+            .expect_err("refused");
+        assert!(half.to_string().contains("needs its key"), "{half}");
+        let missing = RedisConnection::new("rediss://127.0.0.1:6380")
+            .with_files(Some(&dir.join("no-such-ca.pem")), None, None)
+            .expect_err("refused");
+        assert!(missing.to_string().contains("no-such-ca.pem"), "{missing}");
+        std::fs::remove_file(pem).expect("test value");
+    }
+}
