@@ -128,7 +128,27 @@ tansu_pid() {
         echo "$pid"
 }
 
+# tansu 0.6's storage task can panic (its idempotent-producer check, "more or less than one
+# row"); the process then accepts connections but answers nothing. Ours is restarted on a fresh
+# database (the old one kept aside): restarted on the same data it would panic again.
+heal_tansu() {
+    local pid
+    pid=$(tansu_pid) || return 0
+    grep -q "panicked" "$STATE/tansu.log" 2>/dev/null || return 0
+    log "tansu (pid $pid) panicked (see $STATE/tansu.log); restarting it on a fresh database"
+    kill "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    rm -f "$STATE/tansu.pid"
+    local aside
+    aside="$STATE/broken-$(date +%Y%m%d%H%M%S)"
+    mkdir -p "$aside"
+    mv "$STATE"/tansu.db* "$STATE/tansu.log" "$aside/" 2>/dev/null || true
+    for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.2; done
+}
+
 start_tansu() {
+    heal_tansu
     port_open "$KAFKA_PORT" && return 0
     if ! command -v tansu >/dev/null; then
         log "tansu not found; installing it with cargo (takes several minutes)"

@@ -234,6 +234,70 @@ impl Drop for TlsRedis {
     }
 }
 
+/// A private tansu broker whose only listener speaks TLS (tansu's `--cert`, a PEM bundle of the
+/// server certificate and key), on SQLite in a temporary directory. Never the shared tansu.
+pub struct TlsKafka {
+    pub port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl TlsKafka {
+    pub fn start(pki: &Pki) -> Self {
+        let dir = TempDir::new("tls-kafka");
+        let bundle = dir.0.join("server-bundle.pem");
+        let mut pem = std::fs::read(pki.path("server.pem")).expect("server certificate");
+        pem.extend(std::fs::read(pki.path("server.key")).expect("server key"));
+        std::fs::write(&bundle, pem).expect("bundle");
+        let port = free_port();
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(tansu())
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .arg("--cert")
+            .arg(&bundle)
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts (scripts/services.sh up installs it)");
+        wait_listening(port, &mut child, "tansu (TLS)");
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tansu on PATH, else where `cargo install` put it.
+fn tansu() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("tansu"))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .unwrap_or_default();
+        home.join("bin/tansu")
+    })
+}
+
 /// A private PostgreSQL that accepts only TLS connections (`hostssl`; plain TCP is rejected).
 pub struct TlsPostgres {
     pub port: u16,

@@ -473,3 +473,87 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
     let again = again[&format!("{NS}/{name}")].as_ref().expect("settled");
     assert_eq!((again.unsettled, again.released), (0, 0), "settled once");
 }
+
+/// `connections.tls` and `connections.kafkaProperties` name Secrets: the operator reaches a
+/// Redis with only a TLS port (client certificate, ACL user) and a PostgreSQL that refuses plain
+/// connections through the TLS Secret's files (the URLs' /etc/coupon/tls prefix swapped for its
+/// private copy), provisions the campaign there, and mounts both Secrets into its workloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads() {
+    use coupon_core::backends::RedisConnection;
+    use coupon_core::gate::{RedisGate, StockGate};
+    use coupon_e2e::tls::{Pki, TlsPostgres, TlsRedis};
+    let pki = Pki::new();
+    let redis = TlsRedis::start(&pki);
+    let pg = TlsPostgres::start(&pki).expect("PostgreSQL server binaries");
+    let name = coupon_e2e::unique("op-tls");
+    let secret = |key: &str| json!({"name": "secured", "key": key});
+    let api = cluster(
+        &name,
+        spec(
+            2,
+            json!({"connections": {
+                "redis": secret("REDIS_URL"),
+                "kafka": secret("KAFKA_BROKERS"),
+                "database": secret("DATABASE_URL"),
+                "kafkaProperties": {"name": "kafka-client", "key": "client.properties"},
+                "tls": {"secretName": "coupon-tls", "redisCa": "ca.pem",
+                        "redisClientCert": "client.pem", "redisClientKey": "client.key"}
+            }}),
+        ),
+    );
+    let b64 = common::b64;
+    let put_secret = |secret_name: &str, data: Value| {
+        api.put(
+            &format!("/api/v1/namespaces/{NS}/secrets/{secret_name}"),
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": secret_name, "namespace": NS}, "data": data}),
+        );
+    };
+    put_secret(
+        "secured",
+        json!({
+            "REDIS_URL": b64(&redis.url()),
+            "KAFKA_BROKERS": b64(&coupon_e2e::kafka_brokers()),
+            "DATABASE_URL": b64(&pg.url("sslmode=verify-full&sslrootcert=/etc/coupon/tls/ca.pem")),
+        }),
+    );
+    let pem = |f: &str| b64(&std::fs::read_to_string(pki.path(f)).expect("pem"));
+    put_secret(
+        "coupon-tls",
+        json!({"ca.pem": pem("ca.pem"), "client.pem": pem("client.pem"), "client.key": pem("client.key")}),
+    );
+    put_secret(
+        "kafka-client",
+        json!({"client.properties": b64("client.id=coupon-operator-tls-test\nsocket.keepalive.enable=true\n")}),
+    );
+    let ctx = Arc::new(Context::new(api.client()));
+    run(&api, &ctx, &name).await;
+    run(&api, &ctx, &name).await;
+    let status = api.get(&cc_path(&name))["status"].clone();
+    assert_eq!(status["phase"], "Live", "{status}");
+    assert_eq!(status["quantity"].as_i64(), Some(30), "{status}");
+
+    // The stock went to the TLS Redis (and nowhere else reachable without the certificate).
+    let tls = RedisConnection::new(redis.url())
+        .with_files(
+            Some(&pki.path("ca.pem")),
+            Some(&pki.path("client.pem")),
+            Some(&pki.path("client.key")),
+        )
+        .expect("files");
+    let gate = RedisGate::connect(tls).await.expect("TLS gate");
+    assert!(gate.catalog(&name).await.expect("catalog").is_some());
+
+    let pod = api.get(&format!(
+        "/apis/apps/v1/namespaces/{NS}/deployments/{name}-api"
+    ))["spec"]["template"]["spec"]
+        .clone();
+    let volumes: Vec<&str> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(volumes, ["coupon-tls", "kafka-client"]);
+}

@@ -215,7 +215,7 @@ pub fn cc_path(name: &str) -> String {
     format!("/apis/coupons.fcfs.dev/v1alpha1/namespaces/{NS}/couponcampaigns/{name}")
 }
 
-fn b64(s: &str) -> String {
+pub fn b64(s: &str) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes = s.as_bytes();
     let mut out = String::new();
