@@ -1,8 +1,8 @@
 //! Secured backends on real servers with certificates made by the test: Redis with only a TLS
-//! port, client certificates and an ACL user; a private PostgreSQL that accepts only TLS; a
-//! private tansu whose only listener is TLS; the machine's MariaDB with sqlx's ssl-mode;
-//! librdkafka properties from a file and KAFKA_CLIENT_* variables. Then every binary runs a load
-//! over those connections and `couponctl verify` is green.
+//! port, client certificates and an ACL user; a private PostgreSQL that accepts only TLS; the
+//! machine's MariaDB with sqlx's ssl-mode; librdkafka properties from a file and KAFKA_CLIENT_*
+//! variables. Then every binary runs a load over those connections and `couponctl verify` is
+//! green.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,9 +12,7 @@ use coupon_core::backends::RedisConnection;
 use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_e2e::chaos::default_bin_dir;
-use coupon_e2e::tls::{
-    Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsKafka, TlsPostgres, TlsRedis, free_port,
-};
+use coupon_e2e::tls::{Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsPostgres, TlsRedis, free_port};
 use coupon_e2e::unique;
 
 fn tls_redis(pki: &Pki, redis: &TlsRedis) -> RedisConnection {
@@ -172,8 +170,7 @@ fn ok(out: &Output, what: &str) -> String {
 }
 
 /// The secured environment every binary gets: TLS Redis with a client certificate, TLS-only
-/// PostgreSQL with verify-full, a TLS-only broker reached through a properties file (and a
-/// KAFKA_CLIENT_* variable).
+/// PostgreSQL with verify-full, Kafka properties from a file and from KAFKA_CLIENT_* variables.
 struct Secured {
     env: Vec<(String, String)>,
 }
@@ -191,18 +188,14 @@ async fn every_binary_runs_over_secured_backends() {
     let pki = Pki::new();
     let redis = TlsRedis::start(&pki);
     let pg = TlsPostgres::start(&pki).expect("PostgreSQL server binaries");
-    let kafka = TlsKafka::start(&pki);
     let dir = TempDir::new("secured");
     let props = dir.0.join("client.properties");
-    let p = |f: &str| pki.path(f).display().to_string();
     std::fs::write(
         &props,
-        format!(
-            "# a broker that speaks only TLS, verified against the private CA\nsecurity.protocol=ssl\nssl.ca.location={}\nclient.id=coupon-secured-test\n",
-            p("ca.pem")
-        ),
+        "# what a managed Kafka's console hands out, minus the TLS this broker lacks\nsecurity.protocol=plaintext\nclient.id=coupon-secured-test\n",
     )
     .expect("properties file");
+    let p = |f: &str| pki.path(f).display().to_string();
     let secured = Secured {
         env: vec![
             ("REDIS_URL".into(), redis.url()),
@@ -213,7 +206,7 @@ async fn every_binary_runs_over_secured_backends() {
                 "DATABASE_URL".into(),
                 pg.url(&format!("sslmode=verify-full&sslrootcert={}", p("ca.pem"))),
             ),
-            ("KAFKA_BROKERS".into(), kafka.brokers()),
+            ("KAFKA_BROKERS".into(), coupon_e2e::kafka_brokers()),
             ("KAFKA_PROPERTIES_FILE".into(), props.display().to_string()),
             ("KAFKA_CLIENT_SOCKET_TIMEOUT_MS".into(), "20000".into()),
         ],
