@@ -27,8 +27,11 @@ async fn schemathesis_finds_nothing_and_the_books_stay_green() {
         Duration::from_secs(6),
     ));
     let report = std::env::temp_dir().join(unique("schemathesis"));
+    std::fs::create_dir_all(&report).expect("report dir");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            // Its caches go to the scratch directory, not the checkout.
+            .current_dir(&report)
             .args(["run", &format!("http://{addr}/openapi.json")])
             .args(["--checks", "all", "--max-examples", "60", "--seed", "1"])
             .args([
