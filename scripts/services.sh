@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Local backing services for tests: Redis, PostgreSQL, MariaDB and a Kafka-compatible
-# broker (tansu, sqlite storage).
+# Local backing services for tests: Redis, a three-master Redis Cluster (Debian's redis-server
+# on loopback ports 7100-7102), PostgreSQL, MariaDB and a Kafka-compatible broker (tansu,
+# sqlite storage).
 #
 #   eval "$(scripts/services.sh up)"   start what is missing, print `export` lines on stdout
 #   scripts/services.sh down           stop the tansu broker started by `up` (nothing else)
 #   scripts/services.sh status         show what is listening
 #
-# Variables already set in the environment (REDIS_URL, KAFKA_BROKERS, DATABASE_URL,
-# MYSQL_DATABASE_URL) are kept as they are and the matching service is left alone.
+# Variables already set in the environment (REDIS_URL, REDIS_CLUSTER_URL, KAFKA_BROKERS,
+# DATABASE_URL, MYSQL_DATABASE_URL) are kept as they are and the matching service is left alone.
+# REDIS_CLUSTER_REPLICAS=1 gives every master a replica (ports 7103-7105).
 # SERVICES_TIMEOUT (seconds, default 60) bounds every wait. State lives in $REPO/.services/.
 set -euo pipefail
 
@@ -53,6 +55,39 @@ start_redis() {
     redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PORT" --save "" --appendonly no \
         --dir "$STATE" --logfile "$STATE/redis.log" >&2 9>&-
     wait_port redis "$REDIS_PORT" "$STATE/redis.log"
+}
+
+CLUSTER_BASE_PORT=7100
+CLUSTER_MASTERS=3
+
+# A Redis Cluster of CLUSTER_MASTERS masters (and as many replicas with
+# REDIS_CLUSTER_REPLICAS=1), nothing on disk; formed once with redis-cli --cluster create.
+start_redis_cluster() {
+    local replicas=${REDIS_CLUSTER_REPLICAS:-0} n port nodes=()
+    command -v redis-cli >/dev/null || die "redis-cli not found"
+    n=$((CLUSTER_MASTERS * (1 + replicas)))
+    for ((i = 0; i < n; i++)); do
+        port=$((CLUSTER_BASE_PORT + i))
+        nodes+=("$HOST:$port")
+        port_open "$port" && continue
+        mkdir -p "$STATE/redis-cluster/$port"
+        rm -f "$STATE/redis-cluster/$port/nodes.conf"
+        redis-server --daemonize yes --bind "$HOST" --port "$port" --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 3000 \
+            --dir "$STATE/redis-cluster/$port" --logfile "$STATE/redis-cluster/$port/redis.log" >&2 9>&-
+        wait_port "redis cluster node" "$port" "$STATE/redis-cluster/$port/redis.log"
+    done
+    if ! redis-cli -h "$HOST" -p "$CLUSTER_BASE_PORT" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+        log "forming the Redis Cluster on ${nodes[*]}"
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes >&2
+        local deadline=$((SECONDS + TIMEOUT))
+        until redis-cli -h "$HOST" -p "$CLUSTER_BASE_PORT" cluster info | grep -q 'cluster_state:ok'; do
+            ((SECONDS < deadline)) || die "the Redis Cluster did not reach cluster_state:ok"
+            sleep 0.5
+        done
+    fi
+    local IFS=,
+    REDIS_CLUSTER_URL="redis+cluster://${nodes[*]:0:CLUSTER_MASTERS}"
 }
 
 start_postgres() {
@@ -180,12 +215,13 @@ cmd_up() {
     flock -w 1800 9 || die "could not lock $STATE/up.lock"
 
     [[ -n ${REDIS_URL:-} ]] || { start_redis; REDIS_URL="redis://$HOST:$REDIS_PORT"; }
+    [[ -n ${REDIS_CLUSTER_URL:-} ]] || start_redis_cluster
     [[ -n ${DATABASE_URL:-} ]] || start_postgres
     [[ -n ${MYSQL_DATABASE_URL:-} ]] || start_mariadb
     [[ -n ${KAFKA_BROKERS:-} ]] || { start_tansu; KAFKA_BROKERS="$HOST:$KAFKA_PORT"; }
 
     local v
-    for v in REDIS_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL; do
+    for v in REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL; do
         printf 'export %s=%q\n' "$v" "${!v}"
     done
 }

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 env_lines="$(scripts/services.sh up)"
 eval "$env_lines"
-export REDIS_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL
+export REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL
 # helm, kubernetes-validate and promtool for the chart, schema and alert tests.
 eval "$(scripts/tools.sh)"
 # The install and observability tests run the workspace's binaries (target/debug/coupon-*);

@@ -151,8 +151,9 @@ pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>
     Ok(out)
 }
 
-/// A Redis URL (`redis://` or `rediss://`, ACL user and password in it) plus, for TLS, a private
-/// CA and an optional client certificate.
+/// A Redis URL (`redis://` or `rediss://`, ACL user and password in it; a Redis Cluster as
+/// `redis+cluster://host1:7000,host2:7001` or `rediss+cluster://…`, the seed nodes) plus, for TLS,
+/// a private CA and an optional client certificate.
 #[derive(Clone)]
 pub struct RedisConnection {
     pub url: String,
@@ -193,6 +194,7 @@ impl RedisConnection {
         };
         if (self.root_cert.is_some() || self.client_cert.is_some())
             && !self.url.starts_with("rediss://")
+            && !self.url.starts_with("rediss+cluster://")
         {
             return Err(Error::Config(format!(
                 "redis: certificates are given but {} is not a rediss:// URL",
@@ -202,11 +204,29 @@ impl RedisConnection {
         Ok(self)
     }
 
-    pub fn client(&self) -> Result<redis::Client> {
+    /// The seed nodes' URLs of a `redis+cluster://` / `rediss+cluster://` URL; `None` for a
+    /// standalone server.
+    pub fn cluster_nodes(&self) -> Option<Vec<String>> {
+        let (scheme, rest) = self.url.split_once("+cluster://")?;
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        Some(
+            hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("{scheme}://{auth}{h}"))
+                .collect(),
+        )
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
         if self.root_cert.is_none() && self.client_cert.is_none() {
-            return Ok(redis::Client::open(self.url.as_str())?);
+            return None;
         }
-        let certs = redis::TlsCertificates {
+        Some(redis::TlsCertificates {
             client_tls: self
                 .client_cert
                 .as_ref()
@@ -215,8 +235,99 @@ impl RedisConnection {
                     client_key: key.clone(),
                 }),
             root_cert: self.root_cert.clone(),
+        })
+    }
+
+    /// A standalone server's client (not for a cluster URL).
+    pub fn client(&self) -> Result<redis::Client> {
+        match self.certificates() {
+            None => Ok(redis::Client::open(self.url.as_str())?),
+            Some(certs) => Ok(redis::Client::build_with_tls(self.url.as_str(), certs)?),
+        }
+    }
+
+    /// Connects: a reconnecting manager to one server, or a cluster connection that follows
+    /// MOVED/ASK and failovers. Every command answers within 2 s or fails, so a hung Redis
+    /// cannot hang requests.
+    pub async fn connect(&self) -> Result<RedisLink> {
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+        let connecting = async {
+            match self.cluster_nodes() {
+                None => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(TIMEOUT))
+                        .set_response_timeout(Some(TIMEOUT))
+                        .set_number_of_retries(2);
+                    let manager = self
+                        .client()?
+                        .get_connection_manager_with_config(config)
+                        .await?;
+                    Ok(RedisLink::Server(manager))
+                }
+                Some(nodes) if nodes.is_empty() => Err(Error::Config(format!(
+                    "{} names no cluster node",
+                    redact(&self.url)
+                ))),
+                Some(nodes) => {
+                    let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                        .connection_timeout(TIMEOUT)
+                        .response_timeout(TIMEOUT)
+                        .retries(4);
+                    if let Some(certs) = self.certificates() {
+                        builder = builder.certs(certs);
+                    }
+                    let cluster = builder.build()?.get_async_connection().await?;
+                    Ok(RedisLink::Cluster(cluster))
+                }
+            }
         };
-        Ok(redis::Client::build_with_tls(self.url.as_str(), certs)?)
+        tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| {
+                Error::Unexpected(format!(
+                    "redis at {} did not answer within 5 s",
+                    redact(&self.url)
+                ))
+            })?
+    }
+}
+
+/// One Redis server or a Redis Cluster, behind one connection type the gate's scripts and
+/// commands run on (each touches one slot: the keys of one coupon, or of one campaign).
+#[derive(Clone)]
+pub enum RedisLink {
+    Server(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisLink {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Server(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Server(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
     }
 }
 
@@ -317,6 +428,25 @@ mod tests {
         assert!(shown.contains("sasl.username=app"), "{shown}");
         let r = RedisConnection::new("rediss://coupons:s3cret@redis:6380");
         assert!(!format!("{r:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        let c = RedisConnection::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/");
+        assert_eq!(
+            c.cluster_nodes().expect("cluster"),
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        let tls = RedisConnection::new("rediss+cluster://app:pw@a:7000,b:7000");
+        assert_eq!(
+            tls.cluster_nodes().expect("cluster"),
+            ["rediss://app:pw@a:7000", "rediss://app:pw@b:7000"]
+        );
+        assert!(
+            RedisConnection::new("redis://a:6379")
+                .cluster_nodes()
+                .is_none()
+        );
     }
 
     #[test]

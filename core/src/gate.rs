@@ -5,11 +5,10 @@
 //! on Redis Cluster.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::backends::{RedisConnection, redact};
+use crate::backends::{RedisConnection, RedisLink};
 use crate::campaign::{CouponId, UserId};
 use crate::error::{Error, Result};
 
@@ -183,10 +182,11 @@ fn unsettled_member(user: UserId, request_id: Uuid) -> String {
     format!("{user}:{request_id}")
 }
 
-/// The gate on Redis (standalone; the keys are cluster-ready).
+/// The gate on one Redis or a Redis Cluster: every script and command touches the keys of one
+/// coupon (`{campaign:coupon}`) or of one campaign (`{campaign}`), so one slot.
 #[derive(Clone)]
 pub struct RedisGate {
-    conn: ConnectionManager,
+    conn: RedisLink,
     reserve: Script,
     release: Script,
     ensure: Script,
@@ -194,24 +194,7 @@ pub struct RedisGate {
 
 impl RedisGate {
     pub async fn connect(redis: impl Into<RedisConnection>) -> Result<Self> {
-        let redis = redis.into();
-        let client = redis.client()?;
-        // A hung Redis must not hang requests: every command answers within 2 s or fails.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_number_of_retries(2);
-        let conn = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| {
-            Error::Unexpected(format!(
-                "redis at {} did not answer within 5 s",
-                redact(&redis.url)
-            ))
-        })??;
+        let conn = redis.into().connect().await?;
         let gate = Self {
             conn,
             reserve: Script::new(include_str!("gate.lua")),
@@ -222,7 +205,7 @@ impl RedisGate {
         Ok(gate)
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisLink {
         self.conn.clone()
     }
 

@@ -29,6 +29,12 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The Redis Cluster `scripts/services.sh up` starts (three masters on 7100-7102).
+pub fn redis_cluster_url() -> String {
+    std::env::var("REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7100,127.0.0.1:7101,127.0.0.1:7102".into())
+}
+
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
@@ -122,6 +128,8 @@ pub struct Stack {
 pub struct StackOptions {
     pub timeouts: PublishTimeouts,
     pub start_consumer: bool,
+    /// The gate's Redis (`redis+cluster://…` for a cluster); default [`redis_url`].
+    pub redis_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -129,6 +137,7 @@ impl Default for StackOptions {
         Self {
             timeouts: PublishTimeouts::default(),
             start_consumer: true,
+            redis_url: None,
         }
     }
 }
@@ -146,6 +155,17 @@ impl Stack {
             StackOptions::default(),
         )
         .await
+    }
+
+    /// The same, with the gate on the local Redis Cluster.
+    pub async fn start_on_cluster(database_url: &str, campaign: Campaign) -> Self {
+        let brokers = kafka_brokers();
+        let admin = KafkaAdmin::new(&brokers).expect("admin client");
+        let opts = StackOptions {
+            redis_url: Some(redis_cluster_url()),
+            ..StackOptions::default()
+        };
+        Self::start_with(database_url, &brokers, &admin, campaign, opts).await
     }
 
     /// Provisions and builds the API, without a consumer.
@@ -166,7 +186,8 @@ impl Stack {
         campaign: Campaign,
         opts: StackOptions,
     ) -> Self {
-        let gate = Arc::new(RedisGate::connect(&redis_url()).await.expect("redis"));
+        let redis = opts.redis_url.clone().unwrap_or_else(redis_url);
+        let gate = Arc::new(RedisGate::connect(&redis).await.expect("redis"));
         let ledger = Ledger::connect(database_url, 8).await.expect("ledger");
         let provisioned = provision(
             &campaign,

@@ -206,4 +206,14 @@ proptest! {
             run(&ops, &redis).await
         })?;
     }
+
+    /// The same scripts on a three-master Redis Cluster (each touches one slot).
+    #[test]
+    fn memory_gate_agrees_with_the_redis_cluster(ops in prop::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let cluster = RedisGate::connect(&coupon_e2e::redis_cluster_url()).await.expect("redis cluster");
+            run(&ops, &cluster).await
+        })?;
+    }
 }

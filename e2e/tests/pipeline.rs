@@ -70,9 +70,25 @@ async fn happy_path(db: &str) {
     stack.shutdown().await;
 }
 
+/// The burst with the gate on a three-master Redis Cluster: the coupons' slots live on
+/// different masters, and the books balance the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_on_a_redis_cluster() {
+    let name = unique("burst-cluster");
+    let stack = Stack::start_on_cluster(
+        &coupon_e2e::postgres_url(),
+        campaign(&name, &[("1", 100), ("2", 100)], 3),
+    )
+    .await;
+    burst(stack).await;
+}
+
 /// 1,000 distinct users and then repeating users race for 100 coupons: exactly 100 win.
 async fn burst_on_a_quantity_100_coupon(db: &str) {
-    let stack = Stack::start(db, campaign(&unique("burst"), &[("1", 100), ("2", 100)], 3)).await;
+    burst(Stack::start(db, campaign(&unique("burst"), &[("1", 100), ("2", 100)], 3)).await).await;
+}
+
+async fn burst(stack: Stack) {
     let distinct = join_all((1..=1000u64).map(|user| stack.issue(1, user))).await;
     // Coupon 2: 300 users asking four times each, all at once.
     let repeating = join_all((0..1200u64).map(|i| stack.issue(2, 1 + i % 300))).await;
