@@ -223,6 +223,15 @@ impl JwtVerifier {
     }
 }
 
+/// `Bearer <HS256 token of claims>`: what an identity provider sharing the secret hands out
+/// (`couponctl load` and the tests sign with it).
+pub fn hs256_bearer(secret: &str, claims: &serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key)
+        .unwrap_or_default();
+    format!("Bearer {token}")
+}
+
 fn parse_user(s: &str) -> Option<UserId> {
     s.trim()
         .parse::<UserId>()
@@ -233,7 +242,6 @@ fn parse_user(s: &str) -> Option<UserId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header, encode};
 
     const SECRET: &str = "a-test-secret-that-is-32-bytes-long!";
 
@@ -252,17 +260,9 @@ mod tests {
     }
 
     fn bearer(claims: serde_json::Value, secret: &str) -> HeaderMap {
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .expect("token");
+        let value = hs256_bearer(secret, &claims);
         let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().expect("header"),
-        );
+        h.insert(header::AUTHORIZATION, value.parse().expect("header"));
         h
     }
 

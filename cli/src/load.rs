@@ -50,7 +50,7 @@ pub struct LoadOptions {
 /// HS256 tokens for load against `--identity jwt` (the user in `sub`, valid for an hour).
 #[derive(Clone)]
 pub struct TokenSigner {
-    pub key: jsonwebtoken::EncodingKey,
+    pub secret: String,
     pub issuer: Option<String>,
     pub audience: Option<String>,
 }
@@ -72,9 +72,7 @@ impl TokenSigner {
             "aud": self.audience,
             "exp": chrono::Utc::now().timestamp() + 3600,
         });
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &self.key)
-            .unwrap_or_default();
-        format!("Bearer {token}")
+        coupon_api::identity::hs256_bearer(&self.secret, &claims)
     }
 }
 

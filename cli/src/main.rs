@@ -176,7 +176,7 @@ impl LoadArgs {
             users: self.users.max(1),
             progress: !self.quiet && !self.json,
             tokens: self.jwt_hs256_secret.as_ref().map(|s| load::TokenSigner {
-                key: jsonwebtoken::EncodingKey::from_secret(s.as_bytes()),
+                secret: s.clone(),
                 issuer: self.jwt_issuer.clone(),
                 audience: self.jwt_audience.clone(),
             }),

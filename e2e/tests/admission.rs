@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use coupon_api::admission::{Admission, Limits};
 use coupon_api::identity::{Identity, IdentityMode, JwtSettings};
 use coupon_e2e::{Stack, assert_green, assert_refused, campaign, unique};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
 const SECRET: &str = "an-hs256-secret-of-thirty-two-bytes!";
 
@@ -16,13 +15,7 @@ fn token(sub: &str, exp_from_now: i64, secret: &str) -> String {
         "sub": sub, "iss": "https://id.example", "aud": "coupons",
         "exp": chrono::Utc::now().timestamp() + exp_from_now,
     });
-    let t = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("token");
-    format!("Bearer {t}")
+    coupon_api::identity::hs256_bearer(secret, &claims)
 }
 
 fn jwt_identity() -> Identity {
