@@ -16,15 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{Extensions, HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use coupon_core::broker::{PublishTimeouts, Publisher};
 use coupon_core::campaign::{CouponId, topic_name};
 use coupon_core::config::BackendArgs;
@@ -200,12 +199,11 @@ async fn issue(
     State(state): State<AppState>,
     Path(coupon): Path<String>,
     headers: HeaderMap,
-    extensions: Extensions,
+    // Only the peer address, not a copy of every request extension (absent under `oneshot`).
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let peer = extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
     if let Err(e) = state.0.admission.check_client(peer, &headers) {
         return state.refused(e, Instant::now());
     }

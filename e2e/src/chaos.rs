@@ -321,9 +321,10 @@ fn free_port() -> Result<u16, String> {
 
 /// The hot load's campaign: six coupons take 90% of the requests and sell out one after the
 /// other during the load (25 to 4,000 each); fourteen larger ones stay on sale throughout, so
-/// every fault lands while reservations are being made.
+/// every fault lands while reservations are being made. Coupon 21 is the final probe's alone:
+/// a fast build can sell out all twenty during the load.
 pub const HOT: std::ops::RangeInclusive<CouponId> = 1..=6;
-const STOCK: [(&str, i64); 7] = [
+const STOCK: [(&str, i64); 8] = [
     ("1", 25),
     ("2", 200),
     ("3", 500),
@@ -331,8 +332,11 @@ const STOCK: [(&str, i64); 7] = [
     ("5", 2000),
     ("6", 4000),
     ("7-20", 1000),
+    ("21", 1),
 ];
+/// Coupons the load draws from.
 const COUPONS: CouponId = 20;
+const PROBE_COUPON: CouponId = 21;
 const USERS: UserId = 20_000;
 
 /// Runs the load with the faults, heals, and checks the books.
@@ -779,7 +783,7 @@ async fn inject_broker(fault: Fault, clock: &Clock, mock: &Mock) -> Result<(), S
 
 /// One patient request by a user the load never uses, on a coupon that stays on sale.
 async fn final_probe(http: &reqwest::Client, addr: &str, campaign: &str) -> Result<Uuid, String> {
-    let (coupon, user) = (COUPONS, USERS + 1);
+    let (coupon, user) = (PROBE_COUPON, USERS + 1);
     let key = Uuid::now_v7().simple().to_string();
     let mut last = String::new();
     for _ in 0..20 {

@@ -145,37 +145,31 @@ impl Default for StackOptions {
 impl Stack {
     /// Provisions on the real broker (admin API) and starts everything.
     pub async fn start(database_url: &str, campaign: Campaign) -> Self {
-        let brokers = kafka_brokers();
-        let admin = KafkaAdmin::new(&brokers).expect("admin client");
-        Self::start_with(
-            database_url,
-            &brokers,
-            &admin,
-            campaign,
-            StackOptions::default(),
-        )
-        .await
+        Self::start_on_broker(database_url, campaign, StackOptions::default()).await
     }
 
     /// The same, with the gate on the local Redis Cluster.
     pub async fn start_on_cluster(database_url: &str, campaign: Campaign) -> Self {
-        let brokers = kafka_brokers();
-        let admin = KafkaAdmin::new(&brokers).expect("admin client");
         let opts = StackOptions {
             redis_url: Some(redis_cluster_url()),
             ..StackOptions::default()
         };
-        Self::start_with(database_url, &brokers, &admin, campaign, opts).await
+        Self::start_on_broker(database_url, campaign, opts).await
     }
 
     /// Provisions and builds the API, without a consumer.
     pub async fn start_idle(database_url: &str, campaign: Campaign) -> Self {
-        let brokers = kafka_brokers();
-        let admin = KafkaAdmin::new(&brokers).expect("admin client");
         let opts = StackOptions {
             start_consumer: false,
             ..StackOptions::default()
         };
+        Self::start_on_broker(database_url, campaign, opts).await
+    }
+
+    /// On the real broker of [`kafka_brokers`], topics made through its admin API.
+    async fn start_on_broker(database_url: &str, campaign: Campaign, opts: StackOptions) -> Self {
+        let brokers = kafka_brokers();
+        let admin = KafkaAdmin::new(&brokers).expect("admin client");
         Self::start_with(database_url, &brokers, &admin, campaign, opts).await
     }
 

@@ -38,21 +38,7 @@ impl Pki {
         let dir = TempDir::new("pki");
         let d = dir.0.clone();
         let p = |f: &str| d.join(f).display().to_string();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=coupon test CA",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.pem"),
-        ]);
+        self_signed_ca("coupon test CA", &d.join("ca.key"), &d.join("ca.pem"));
         for (name, ext) in [
             (
                 "server",
@@ -102,24 +88,29 @@ impl Pki {
     pub fn stranger_ca(&self) -> PathBuf {
         let p = self.path("stranger.pem");
         if !p.exists() {
-            openssl(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=stranger CA",
-                "-keyout",
-                &self.path("stranger.key").display().to_string(),
-                "-out",
-                &p.display().to_string(),
-            ]);
+            self_signed_ca("stranger CA", &self.path("stranger.key"), &p);
         }
         p
     }
+}
+
+/// A CA certificate and key, valid two days.
+fn self_signed_ca(name: &str, key: &Path, pem: &Path) {
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &key.display().to_string(),
+        "-out",
+        &pem.display().to_string(),
+    ]);
 }
 
 impl Default for Pki {

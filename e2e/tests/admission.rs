@@ -241,3 +241,53 @@ async fn a_full_api_sheds_quickly_and_reserves_nothing_for_what_it_shed() {
     finish(stack, accepted).await;
     drop(mock);
 }
+
+/// Served over TCP, the per-address bucket sees each connection's peer address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_address_limit_applies_to_the_peer_over_tcp() {
+    let mut stack = Stack::start(
+        &coupon_e2e::postgres_url(),
+        campaign(&unique("peer"), &[("1", 10)], 1),
+    )
+    .await;
+    let limits = Limits {
+        per_client: 1,
+        burst: 2,
+        ..Limits::default()
+    };
+    stack
+        .admit_with(Admission::new(Identity::Body, limits, None))
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(coupon_api::serve(
+        listener,
+        stack.state.clone(),
+        stop.clone().cancelled_owned(),
+        Duration::ZERO,
+        Duration::from_secs(6),
+    ));
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for user in 1..=3u64 {
+        let answer = http
+            .post(format!("http://{addr}/api/coupons/1/issue"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"userId":{user}}}"#))
+            .send()
+            .await
+            .expect("answered");
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [202, 202, 429],
+        "a burst of 2 from 127.0.0.1, then limited"
+    );
+    stop.cancel();
+    let _ = server.await;
+    finish(stack, 2).await;
+}

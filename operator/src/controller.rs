@@ -3,13 +3,13 @@
 //! from `coupon-core`; children and status are written by server-side apply, and only when they
 //! changed.
 
-use coupon_core::backends::KafkaConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{KafkaAdmin, LagProbe, PartitionLag};
 use coupon_core::campaign::{Campaign, consumer_group};
 use coupon_core::gate::{RedisGate, StockGate};
@@ -132,8 +132,9 @@ pub struct Context {
     backends: tokio::sync::Mutex<HashMap<BackendUrls, Connected>>,
     /// Autoscaler recommendations per campaign, for the scale-down window.
     history: Mutex<HashMap<String, Vec<Recommendation>>>,
-    /// One lag-reading Kafka client per (brokers, group), kept across reconciles.
-    probes: Mutex<HashMap<(String, String), LagProbe>>,
+    /// One lag-reading Kafka client per (connection, group), kept across reconciles; a changed
+    /// property (a rotated password) makes a new one.
+    probes: Mutex<HashMap<(KafkaConnection, String), LagProbe>>,
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
     pub metrics: crate::metrics::Metrics,
@@ -199,7 +200,7 @@ impl Context {
         group: &str,
     ) -> Result<LagProbe, Error> {
         let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (kafka.brokers.clone(), group.to_string());
+        let key = (kafka.clone(), group.to_string());
         if let Some(p) = probes.get(&key) {
             return Ok(p.clone());
         }
