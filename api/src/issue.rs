@@ -58,6 +58,11 @@ impl Issuer {
             Decision::SoldOut => return Err(ApiError::SoldOut(req.coupon)),
             Decision::NotOpen => return Err(ApiError::NotOpen),
             Decision::Closed => return Err(ApiError::Closed),
+            Decision::InProgress => {
+                return Err(ApiError::unavailable(
+                    "another request of this user for this coupon is being decided; retry shortly",
+                ));
+            }
             Decision::Missing => {
                 tracing::error!(coupon = req.coupon, "gate state missing for a known coupon");
                 return Err(ApiError::unavailable(

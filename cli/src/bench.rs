@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::load::{self, LoadOptions, Scenario};
+use crate::{plan, procs};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,6 +45,24 @@ pub struct BenchReport {
     pub api_rss_mb: f64,
     pub consumer_rss_mb: f64,
     pub lines: Vec<Line>,
+    /// CPU milliseconds per 1,000 accepted requests, per process.
+    pub cpu: Vec<CpuLine>,
+    /// The same as microseconds per request, as `couponctl plan --from` reads them.
+    pub costs: plan::Costs,
+}
+
+/// CPU each process spent per 1,000 accepted requests in one phase (None: not measured there,
+/// or the process is not on this machine).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuLine {
+    pub setup: String,
+    pub accepted: usize,
+    pub api_ms: Option<f64>,
+    pub redis_ms: Option<f64>,
+    pub broker_ms: Option<f64>,
+    pub consumer_ms: Option<f64>,
+    pub database_ms: Option<f64>,
 }
 
 impl BenchReport {
@@ -63,6 +82,23 @@ impl BenchReport {
              peak RSS: coupon-api {:.1} MB, coupon-consumer {:.1} MB\n",
             self.api_requests, self.api_p50_ms, self.api_p99_ms, self.api_correct, self.api_rss_mb, self.consumer_rss_mb
         ));
+        s.push_str(&format!(
+            "\nCPU ms per 1,000 accepted requests (from /proc; - = not in this phase or not on this machine)\n{:<20} {:>9} {:>10} {:>8} {:>8} {:>9} {:>9}\n",
+            "phase", "accepted", "coupon-api", "redis", "broker", "consumer", "database"
+        ));
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        for c in &self.cpu {
+            s.push_str(&format!(
+                "{:<20} {:>9} {:>10} {:>8} {:>8} {:>9} {:>9}\n",
+                c.setup,
+                c.accepted,
+                cell(c.api_ms),
+                cell(c.redis_ms),
+                cell(c.broker_ms),
+                cell(c.consumer_ms),
+                cell(c.database_ms)
+            ));
+        }
         s
     }
 }
@@ -71,6 +107,8 @@ pub struct BenchOptions {
     pub connections: usize,
     pub duration: Duration,
     pub raw_ops: usize,
+    /// Also run the API phase with the gate on this Redis Cluster, for the ratio.
+    pub cluster_url: Option<String>,
 }
 
 fn sibling(name: &str) -> Result<PathBuf, String> {
@@ -177,6 +215,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
             quantity: i64::MAX / 2,
             starts_ms: 0,
             ends_ms: 0,
+            shards: 1,
         },
         &[],
     )
@@ -251,52 +290,55 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     }
     let insert_raw = rate(n, started.elapsed());
 
-    // The system: the API in max mode with no consumer, then the consumer drains the backlog.
-    let listen = "127.0.0.1:18181";
-    let api = spawn("coupon-api", &["--campaign", &name, "--listen", listen], b)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !reqwest::get(format!("http://{listen}/readyz"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            return Err("coupon-api did not become ready".into());
+    // The system: the API in max mode with no consumer (on each gate asked for), then the
+    // consumer drains the backlog.
+    let standalone = api_phase(b, &name, &opts, "127.0.0.1:18181").await?;
+    let clustered = match &opts.cluster_url {
+        Some(url) => {
+            let on_cluster = BackendArgs {
+                redis: Some(url.clone()),
+                ..b.clone()
+            };
+            let cluster_gate = RedisGate::connect(on_cluster.redis().map_err(err)?)
+                .await
+                .map_err(err)?;
+            provision(
+                &campaign,
+                &Backends {
+                    gate: &cluster_gate,
+                    ledger: &ledger,
+                    topics: &admin,
+                    kafka: &kafka,
+                    rebuild_after: coupon_core::provision::DELIVERY_GRACE,
+                },
+            )
+            .await
+            .map_err(err)?;
+            Some(api_phase(&on_cluster, &name, &opts, "127.0.0.1:18182").await?)
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let coupons: Vec<u32> = (1..=100).collect();
-    let outcome = load::run(LoadOptions {
-        target: format!("http://{listen}"),
-        scenario: Scenario::Max,
-        time_scale: 1.0,
-        think: Duration::ZERO,
-        connections: opts.connections,
-        duration: opts.duration,
-        coupons: coupons.clone(),
-        hot_coupons: Vec::new(),
-        users: 1_000_000_000,
-        progress: false,
-        tokens: None,
-    })
-    .await?;
-    let api_rss_mb = api.peak_rss_mb();
-    api.stop();
-    let accepted = outcome.accepted.len();
-    let answered = outcome.requests() as usize;
-    let api_rate = rate(answered, outcome.elapsed);
-    let publish_rate = rate(accepted, outcome.elapsed);
-    // With a billion users and ten million coupons each, every correct answer is a 202.
-    let api_correct = answered
-        == accepted + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
+        None => None,
+    };
+    let accepted = standalone.outcome.accepted.len()
+        + clustered.as_ref().map_or(0, |c| c.outcome.accepted.len());
 
     // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
     let consume_raw = raw_consume(&kafka, &campaign.topic(), accepted).await?;
 
+    let db_pids = procs::behind(
+        b.database_url.as_deref().unwrap_or_default(),
+        if ledger.backend() == "mysql" { 3306 } else { 5432 },
+    );
+    let broker_pids = procs::behind(b.kafka_brokers(), 9092);
     let consumer = spawn(
         "coupon-consumer",
         &["--campaign", &name, "--metrics-listen", "127.0.0.1:0"],
         b,
     )?;
+    let cpu_before = (
+        procs::cpu_seconds(&[consumer.0.id()]),
+        procs::cpu_seconds(&db_pids),
+        procs::cpu_seconds(&broker_pids),
+    );
     // Timed from the first commit (the group join is not drain work) to zero lag.
     let probe = LagProbe::new(&kafka, &consumer_group(&name)).map_err(err)?;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -321,9 +363,18 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let drain_cpu = DrainCpu {
+        consumer: procs::cpu_seconds(&[consumer.0.id()]) - cpu_before.0,
+        database: (!db_pids.is_empty()).then(|| procs::cpu_seconds(&db_pids) - cpu_before.1),
+        broker: (!broker_pids.is_empty())
+            .then(|| procs::cpu_seconds(&broker_pids) - cpu_before.2),
+    };
     let consumer_rss_mb = consumer.peak_rss_mb();
     consumer.stop();
-    let h = &outcome.histogram;
+    let outcome = &standalone.outcome;
+    let answered = outcome.requests() as usize;
+    let api_rate = rate(answered, outcome.elapsed);
+    let publish_rate = rate(outcome.accepted.len(), outcome.elapsed);
     lines.push(Line {
         what: "API answers vs gate script, pipelined".into(),
         system: api_rate,
@@ -359,16 +410,139 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         unit: "events/s, 1000 per transaction".into(),
         ratio: drain_rate / insert_raw,
     });
+    if let Some(c) = &clustered {
+        let cluster_rate = rate(c.outcome.requests() as usize, c.outcome.elapsed);
+        lines.push(Line {
+            what: "API answers, gate on the cluster vs one Redis".into(),
+            system: cluster_rate,
+            raw: api_rate,
+            unit: "requests/s".into(),
+            ratio: cluster_rate / api_rate,
+        });
+    }
+    let per_k = |secs: f64, n: usize| secs * 1000.0 / n.max(1) as f64 * 1000.0;
+    let mut cpu = vec![standalone.cpu_line("one Redis", per_k)];
+    cpu.extend(clustered.as_ref().map(|c| c.cpu_line("Redis Cluster", per_k)));
+    let drained = accepted;
+    let drain = CpuLine {
+        setup: "drain (all phases)".into(),
+        accepted: drained,
+        api_ms: None,
+        redis_ms: None,
+        broker_ms: drain_cpu.broker.map(|s| per_k(s, drained)),
+        consumer_ms: Some(per_k(drain_cpu.consumer, drained)),
+        database_ms: drain_cpu.database.map(|s| per_k(s, drained)),
+    };
+    let costs = plan::Costs {
+        api_us: cpu[0].api_ms.unwrap_or(0.0),
+        redis_us: cpu[0].redis_ms.unwrap_or(0.0),
+        broker_us: cpu[0].broker_ms.unwrap_or(0.0) + drain.broker_ms.unwrap_or(0.0),
+        consumer_us: drain.consumer_ms.unwrap_or(0.0),
+        database_us: drain.database_ms.unwrap_or(0.0),
+    };
+    cpu.push(drain);
+    let h = &outcome.histogram;
     Ok(BenchReport {
         campaign: name,
         ledger: ledger.backend().into(),
         api_requests: answered as u64,
         api_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
         api_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        api_correct,
-        api_rss_mb,
+        api_correct: standalone.correct && clustered.as_ref().is_none_or(|c| c.correct),
+        api_rss_mb: standalone.rss_mb,
         consumer_rss_mb,
         lines,
+        cpu,
+        costs,
+    })
+}
+
+/// The API under max load on one gate, with the CPU its processes spent.
+struct ApiPhase {
+    outcome: load::LoadOutcome,
+    rss_mb: f64,
+    correct: bool,
+    api: f64,
+    redis: Option<f64>,
+    broker: Option<f64>,
+}
+
+struct DrainCpu {
+    consumer: f64,
+    database: Option<f64>,
+    broker: Option<f64>,
+}
+
+impl ApiPhase {
+    fn cpu_line(&self, setup: &str, per_k: impl Fn(f64, usize) -> f64) -> CpuLine {
+        let n = self.outcome.accepted.len();
+        CpuLine {
+            setup: setup.into(),
+            accepted: n,
+            api_ms: Some(per_k(self.api, n)),
+            redis_ms: self.redis.map(|s| per_k(s, n)),
+            broker_ms: self.broker.map(|s| per_k(s, n)),
+            consumer_ms: None,
+            database_ms: None,
+        }
+    }
+}
+
+async fn api_phase(
+    b: &BackendArgs,
+    name: &str,
+    opts: &BenchOptions,
+    listen: &str,
+) -> Result<ApiPhase, String> {
+    let redis_pids = procs::behind(b.redis_url(), 6379);
+    let broker_pids = procs::behind(b.kafka_brokers(), 9092);
+    let api = spawn("coupon-api", &["--campaign", name, "--listen", listen], b)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            return Err("coupon-api did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cpu = || {
+        (
+            procs::cpu_seconds(&[api.0.id()]),
+            procs::cpu_seconds(&redis_pids),
+            procs::cpu_seconds(&broker_pids),
+        )
+    };
+    let before = cpu();
+    let outcome = load::run(LoadOptions {
+        target: format!("http://{listen}"),
+        scenario: Scenario::Max,
+        time_scale: 1.0,
+        think: Duration::ZERO,
+        connections: opts.connections,
+        duration: opts.duration,
+        coupons: (1..=100).collect(),
+        hot_coupons: Vec::new(),
+        users: 1_000_000_000,
+        progress: false,
+        tokens: None,
+    })
+    .await?;
+    let after = cpu();
+    let rss_mb = api.peak_rss_mb();
+    api.stop();
+    // With a billion users and ten million coupons each, every correct answer is a 202.
+    let correct = outcome.requests() as usize
+        == outcome.accepted.len()
+            + outcome.outcomes.get("already_issued").copied().unwrap_or(0) as usize;
+    Ok(ApiPhase {
+        rss_mb,
+        correct,
+        api: after.0 - before.0,
+        redis: (!redis_pids.is_empty()).then_some(after.1 - before.1),
+        broker: (!broker_pids.is_empty()).then_some(after.2 - before.2),
+        outcome,
     })
 }
 

@@ -4,6 +4,8 @@
 mod bench;
 mod demo;
 mod load;
+mod plan;
+mod procs;
 mod report;
 
 use std::collections::BTreeMap;
@@ -81,6 +83,34 @@ enum Command {
         /// Operations per raw measurement.
         #[arg(long, default_value_t = 50_000)]
         raw_ops: usize,
+        /// Also run the API with its gate on this Redis Cluster (`redis+cluster://h:p,h:p`) and
+        /// print the ratio to one Redis.
+        #[arg(long)]
+        cluster_url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How many API pods, Redis masters, partitions and consumers a drop needs, from CPU per
+    /// request measured by `couponctl bench` (docs/capacity.md explains the model).
+    Plan {
+        /// Peak requests per second; repeat for several (default: 10000, 100000, 1000000).
+        #[arg(long = "rate")]
+        rates: Vec<f64>,
+        /// A `couponctl bench --json` report from your machines (default: the reference costs).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Share of requests that get a coupon (1: every request is an event, the worst case).
+        #[arg(long, default_value_t = 1.0)]
+        issued_share: f64,
+        /// Busy share of each core to plan for.
+        #[arg(long, default_value_t = 0.6)]
+        utilisation: f64,
+        /// Cores of one API pod.
+        #[arg(long, default_value_t = 2.0)]
+        api_pod_cores: f64,
+        /// Cores of one consumer pod.
+        #[arg(long, default_value_t = 1.0)]
+        consumer_pod_cores: f64,
         #[arg(long)]
         json: bool,
     },
@@ -348,10 +378,48 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             }
             load.finish(&report)
         }
+        Command::Plan {
+            rates,
+            from,
+            issued_share,
+            utilisation,
+            api_pod_cores,
+            consumer_pod_cores,
+            json,
+        } => {
+            let (costs, source) = match &from {
+                Some(path) => (read_costs(path)?, path.display().to_string()),
+                None => (plan::Costs::REFERENCE, "reference machine".to_string()),
+            };
+            let a = plan::Assumptions {
+                issued_share,
+                utilisation,
+                api_pod_cores,
+                consumer_pod_cores,
+            };
+            if !(0.0..=1.0).contains(&issued_share) || !(0.0 < utilisation && utilisation <= 1.0) {
+                return Err(coupon_core::Error::Config(
+                    "--issued-share must be within 0..1 and --utilisation within (0, 1]".into(),
+                ));
+            }
+            let rates = if rates.is_empty() {
+                vec![10_000.0, 100_000.0, 1_000_000.0]
+            } else {
+                rates
+            };
+            let plans: Vec<_> = rates.iter().map(|r| plan::plan(*r, &costs, &a)).collect();
+            if json {
+                println!("{}", to_json(&plans));
+            } else {
+                print!("{}", plan::render(&plans, &costs, &a, &source));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             connections,
             duration,
             raw_ops,
+            cluster_url,
             json,
         } => {
             let report = bench::run(
@@ -360,6 +428,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                     connections,
                     duration,
                     raw_ops,
+                    cluster_url,
                 },
             )
             .await
@@ -446,4 +515,22 @@ fn read(path: &PathBuf) -> Result<String, coupon_core::Error> {
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// The CPU costs in a `couponctl bench --json` report.
+fn read_costs(path: &std::path::Path) -> coupon_core::Result<plan::Costs> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| coupon_core::Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    #[derive(serde::Deserialize)]
+    struct Report {
+        costs: plan::Costs,
+    }
+    serde_json::from_str::<Report>(&text)
+        .map(|r| r.costs)
+        .map_err(|e| {
+            coupon_core::Error::Config(format!(
+                "{} is not a `couponctl bench --json` report with costs: {e}",
+                path.display()
+            ))
+        })
 }

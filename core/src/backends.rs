@@ -265,8 +265,9 @@ impl RedisConnection {
                     if let Some(certs) = self.certificates() {
                         builder = builder.certs(certs);
                     }
-                    let cluster = builder.build()?.get_async_connection().await?;
-                    Ok(RedisLink::Cluster(cluster))
+                    let client = builder.build()?;
+                    let cluster = client.get_async_connection().await?;
+                    Ok(RedisLink::Cluster(HealingCluster::new(client, cluster)))
                 }
             }
         };
@@ -286,7 +287,96 @@ impl RedisConnection {
 #[derive(Clone)]
 pub enum RedisLink {
     Server(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(HealingCluster),
+}
+
+/// A cluster connection that replaces itself when every command keeps timing out: after a
+/// slot migration the redis crate's cluster connection was seen (about one run in four) to
+/// time out on every command for as long as it lived while the cluster itself was healthy.
+#[derive(Clone)]
+pub struct HealingCluster {
+    shared: std::sync::Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: redis::cluster::ClusterClient,
+    conn: std::sync::RwLock<redis::cluster_async::ClusterConnection>,
+    /// Commands in a row that timed out or lost their connection.
+    failures: std::sync::atomic::AtomicU32,
+    rebuilding: std::sync::atomic::AtomicBool,
+    /// How many times the connection was replaced (for tests and logs).
+    rebuilt: std::sync::atomic::AtomicU32,
+}
+
+impl HealingCluster {
+    /// Failures in a row that make a new connection.
+    const REBUILD_AFTER: u32 = 3;
+
+    fn new(
+        client: redis::cluster::ClusterClient,
+        conn: redis::cluster_async::ClusterConnection,
+    ) -> Self {
+        Self {
+            shared: std::sync::Arc::new(ClusterShared {
+                client,
+                conn: std::sync::RwLock::new(conn),
+                failures: 0.into(),
+                rebuilding: false.into(),
+                rebuilt: 0.into(),
+            }),
+        }
+    }
+
+    /// How many times the connection has been replaced.
+    pub fn rebuilt(&self) -> u32 {
+        self.shared.rebuilt.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn current(&self) -> redis::cluster_async::ClusterConnection {
+        match self.shared.conn.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn observe<T>(&self, outcome: &redis::RedisResult<T>) {
+        use std::sync::atomic::Ordering;
+        let shared = &self.shared;
+        match outcome {
+            Ok(_) => shared.failures.store(0, Ordering::Relaxed),
+            Err(e) if e.is_timeout() || e.is_connection_dropped() || e.is_io_error() => {
+                let n = shared.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= Self::REBUILD_AFTER && !shared.rebuilding.swap(true, Ordering::AcqRel) {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.rebuild().await });
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn rebuild(self) {
+        use std::sync::atomic::Ordering;
+        let shared = &self.shared;
+        let fresh = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            shared.client.get_async_connection(),
+        )
+        .await;
+        match fresh {
+            Ok(Ok(conn)) => {
+                if let Ok(mut slot) = shared.conn.write() {
+                    *slot = conn;
+                }
+                shared.failures.store(0, Ordering::Relaxed);
+                shared.rebuilt.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("redis cluster connection kept failing; replaced it");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "redis cluster connection not replaced yet"),
+            Err(_) => tracing::warn!("redis cluster did not answer a new connection within 5 s"),
+        }
+        shared.rebuilding.store(false, Ordering::Release);
+    }
 }
 
 impl redis::aio::ConnectionLike for RedisLink {
@@ -296,7 +386,14 @@ impl redis::aio::ConnectionLike for RedisLink {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Server(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => {
+                let c = c.clone();
+                Box::pin(async move {
+                    let outcome = c.current().req_packed_command(cmd).await;
+                    c.observe(&outcome);
+                    outcome
+                })
+            }
         }
     }
 
@@ -308,14 +405,24 @@ impl redis::aio::ConnectionLike for RedisLink {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Self::Server(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => {
+                let c = c.clone();
+                Box::pin(async move {
+                    let outcome = c
+                        .current()
+                        .req_packed_commands(pipeline, offset, count)
+                        .await;
+                    c.observe(&outcome);
+                    outcome
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Server(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(c) => c.current().get_db(),
         }
     }
 }

@@ -71,6 +71,12 @@ pub struct CouponGroup {
     pub discount: i64,
     /// Coupons available per id.
     pub quantity: i64,
+    /// Stock counters each coupon's quantity is split over, each on its own Redis slot (so a
+    /// Redis Cluster spreads one hot coupon over its masters). 1 (the default) unless one
+    /// coupon alone needs more than one Redis master's rate; fixed once the coupon exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: Option<u16>,
 }
 
 /// One id or an inclusive range of ids; YAML `7` or `"1-20"`.
@@ -183,6 +189,13 @@ pub struct Coupon {
     pub name: String,
     pub discount: i64,
     pub quantity: i64,
+    /// Stock counters in the gate (see [`CouponGroup::shards`]).
+    #[serde(default = "one_shard")]
+    pub shards: u16,
+}
+
+fn one_shard() -> u16 {
+    1
 }
 
 /// A validated campaign: a name safe for keys and topics, and its spec.
@@ -237,6 +250,7 @@ impl Campaign {
                     name: g.name.replace("{id}", &id.to_string()),
                     discount: g.discount,
                     quantity: g.quantity,
+                    shards: g.shards.unwrap_or(1),
                 })
             })
             .collect();
@@ -333,6 +347,15 @@ fn validate_spec(spec: &CampaignSpec) -> Vec<String> {
         }
         if g.name.trim().is_empty() {
             problems.push(format!("spec.coupons[{i}] ({}): name is empty", g.ids));
+        }
+        if let Some(k) = g.shards
+            && !(1..=crate::gate::shards::MAX_SHARDS).contains(&k)
+        {
+            problems.push(format!(
+                "spec.coupons[{i}] ({}): shards must be between 1 and {}, got {k}",
+                g.ids,
+                crate::gate::shards::MAX_SHARDS
+            ));
         }
         if u64::from(g.ids.last - g.ids.first) >= 1_000_000 {
             problems.push(format!("spec.coupons[{i}]: range {} is too large", g.ids));

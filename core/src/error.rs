@@ -35,6 +35,14 @@ pub enum Error {
         wanted: i64,
     },
     #[error(
+        "coupon {coupon}: shards {wanted} differs from the provisioned {live}; a coupon's shard count is fixed once it exists"
+    )]
+    ShardsChanged {
+        coupon: CouponId,
+        live: u16,
+        wanted: u16,
+    },
+    #[error(
         "coupon {coupon}: the gate's state is gone from Redis while {lag} events are not yet in the ledger; \
          wait for the consumers to drain the topic, then provision again"
     )]
@@ -67,6 +75,7 @@ impl Error {
             Self::DatabaseUrl(_) => "database_url",
             Self::PartitionDecrease { .. } => "partition_decrease",
             Self::QuantityDecrease { .. } => "quantity_decrease",
+            Self::ShardsChanged { .. } => "shards_changed",
             Self::GateRebuildNeedsDrain { .. } => "gate_rebuild_needs_drain",
             Self::GateRebuildWaiting { .. } => "gate_rebuild_waiting",
             Self::BrokerUnsupported(_) => "broker_unsupported",

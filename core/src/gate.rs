@@ -1,16 +1,20 @@
 //! The stock gate: decides, atomically, whether a request may take a coupon.
 //!
-//! [`StockGate`] is the contract; [`RedisGate`] runs it as Lua scripts on Redis. Keys are
-//! hash-tagged per coupon (`coupon:{campaign:id}`) so every script touches one slot and works
-//! on Redis Cluster.
+//! [`StockGate`] is the contract; [`RedisGate`] runs it as Lua scripts on Redis or a Redis
+//! Cluster (keys hash-tagged per coupon shard, `coupon:{campaign:id}`, so every script touches
+//! one slot); [`MemoryGate`] holds it in process for the embedded mode.
+
+mod redis_gate;
+pub mod shards;
 
 use async_trait::async_trait;
-use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
-use crate::backends::{RedisConnection, RedisLink};
 use crate::campaign::{CouponId, UserId};
 use crate::error::{Error, Result};
+
+pub use self::redis_gate::{Attempt, DRY_HINT_MS, RedisGate};
+use self::shards::ShardKeys;
 
 /// What the gate decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +30,9 @@ pub enum Decision {
     Closed,
     /// The coupon's gate state is absent (never provisioned, or Redis lost it).
     Missing,
+    /// Another attempt of this user is taking a unit from a sibling shard right now (or this
+    /// one stalled so long that settlement undid it): nothing decided, retry.
+    InProgress,
 }
 
 /// Gate settings of one coupon.
@@ -34,16 +41,20 @@ pub struct GateCoupon {
     pub quantity: i64,
     pub starts_ms: i64,
     pub ends_ms: i64,
+    /// Stock counters the quantity is split over (1: unsharded); fixed once created.
+    pub shards: u16,
 }
 
 /// The gate's view of one coupon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// The gate's view of one coupon, summed over its shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GateSnapshot {
     pub quantity: i64,
     pub remaining: i64,
     pub refused_sold_out: i64,
     pub holders: i64,
+    pub shards: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +70,10 @@ pub enum Ensured {
     Shrink {
         live: i64,
     },
+    /// The spec asks for another shard count than the live one; nothing was changed.
+    Reshard {
+        live: u16,
+    },
 }
 
 /// One reservation the gate made and nobody has settled yet: its event may be in the log,
@@ -70,6 +85,8 @@ pub struct Reservation {
     pub user: UserId,
     /// When the gate reserved it (or last saw a replay of it), on the gate's clock.
     pub at_ms: i64,
+    /// The shard whose unsettled set holds it: the user's home, or a sibling that lent a unit.
+    pub shard: u16,
 }
 
 /// The unsettled reservations of one coupon.
@@ -120,6 +137,8 @@ pub trait StockGate: Send + Sync {
         cfg: GateCoupon,
         holders: &[(UserId, Uuid)],
     ) -> Result<Ensured>;
+    /// Drops what is left of a coupon's gate, before it is rebuilt from the ledger.
+    async fn discard(&self, campaign: &str, coupon: CouponId) -> Result<()>;
     async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>>;
     async fn holder(&self, campaign: &str, coupon: CouponId, user: UserId) -> Result<Option<Uuid>>;
     /// The campaign's coupon ids with quantities, as provisioned.
@@ -140,11 +159,14 @@ pub trait StockGate: Send + Sync {
         limit: usize,
     ) -> Result<Unsettled>;
     /// Settles reservations whose event is in the ledger: they stay, and leave the unsettled set.
+    /// (A sibling's unit that the user's home does not name is an earlier attempt's: given back
+    /// if made at or before `cutoff_ms`.)
     async fn settle_issued(
         &self,
         campaign: &str,
         coupon: CouponId,
         r: &[Reservation],
+        cutoff_ms: i64,
     ) -> Result<()>;
     /// Settles a reservation with no event: gives back stock and the user's slot, together, if
     /// it is still unsettled and was made (or last replayed) at or before `cutoff_ms`.
@@ -157,16 +179,14 @@ pub trait StockGate: Send + Sync {
     async fn ping(&self) -> Result<()>;
 }
 
+/// Shard 0's hash of a coupon (the only one of an unsharded coupon).
 pub fn coupon_key(campaign: &str, coupon: CouponId) -> String {
-    format!("coupon:{{{campaign}:{coupon}}}")
+    ShardKeys::new(campaign, coupon, 0).coupon
 }
 
+/// Shard 0's holders of a coupon (all of them, unsharded).
 pub fn holders_key(campaign: &str, coupon: CouponId) -> String {
-    format!("coupon:{{{campaign}:{coupon}}}:holders")
-}
-
-pub fn unsettled_key(campaign: &str, coupon: CouponId) -> String {
-    format!("coupon:{{{campaign}:{coupon}}}:unsettled")
+    ShardKeys::new(campaign, coupon, 0).holders
 }
 
 fn catalog_key(campaign: &str) -> String {
@@ -182,328 +202,14 @@ fn unsettled_member(user: UserId, request_id: Uuid) -> String {
     format!("{user}:{request_id}")
 }
 
-/// The gate on one Redis or a Redis Cluster: every script and command touches the keys of one
-/// coupon (`{campaign:coupon}`) or of one campaign (`{campaign}`), so one slot.
-#[derive(Clone)]
-pub struct RedisGate {
-    conn: RedisLink,
-    reserve: Script,
-    release: Script,
-    ensure: Script,
-}
-
-impl RedisGate {
-    pub async fn connect(redis: impl Into<RedisConnection>) -> Result<Self> {
-        let conn = redis.into().connect().await?;
-        let gate = Self {
-            conn,
-            reserve: Script::new(include_str!("gate.lua")),
-            release: Script::new(include_str!("release.lua")),
-            ensure: Script::new(include_str!("ensure.lua")),
-        };
-        gate.ping().await?;
-        Ok(gate)
-    }
-
-    pub fn connection(&self) -> RedisLink {
-        self.conn.clone()
-    }
-
-    /// Removes every key of the campaign (coupon hashes, holders, unsettled sets, catalog);
-    /// the operator's `Delete` deletion policy. Returns how many keys existed.
-    pub async fn forget_campaign(&self, campaign: &str, coupons: &[CouponId]) -> Result<usize> {
-        let mut conn = self.conn.clone();
-        let mut removed = 0usize;
-        for c in coupons {
-            let n: usize = conn
-                .del(&[
-                    coupon_key(campaign, *c),
-                    holders_key(campaign, *c),
-                    unsettled_key(campaign, *c),
-                ])
-                .await?;
-            removed += n;
-        }
-        let n: usize = conn
-            .del(&[catalog_key(campaign), lost_key(campaign)])
-            .await?;
-        Ok(removed + n)
-    }
-
-    /// Runs a script over one coupon's hash, holders and unsettled set with (user, request id)
-    /// and any further arguments.
-    async fn run_on_holder<T: redis::FromRedisValue>(
-        &self,
-        script: &Script,
-        campaign: &str,
-        coupon: CouponId,
-        user: UserId,
-        request_id: Uuid,
-        extra: Option<i64>,
-    ) -> Result<T> {
-        let mut conn = self.conn.clone();
-        let mut invocation = script.key(coupon_key(campaign, coupon));
-        invocation
-            .key(holders_key(campaign, coupon))
-            .key(unsettled_key(campaign, coupon))
-            .arg(user)
-            .arg(request_id.to_string());
-        if let Some(extra) = extra {
-            invocation.arg(extra);
-        }
-        Ok(invocation.invoke_async(&mut conn).await?)
-    }
-}
-
 fn parse_uuid(s: &str) -> Result<Uuid> {
     Uuid::parse_str(s)
         .map_err(|e| Error::Unexpected(format!("gate holds a bad request id {s:?}: {e}")))
 }
 
-#[async_trait]
-impl StockGate for RedisGate {
-    async fn reserve(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        user: UserId,
-        request_id: Uuid,
-    ) -> Result<Decision> {
-        let reply: Vec<String> = self
-            .run_on_holder(&self.reserve, campaign, coupon, user, request_id, None)
-            .await?;
-        Ok(match reply.first().map(String::as_str) {
-            Some("reserved") => Decision::Reserved,
-            Some("replay") => Decision::Replay,
-            Some("already_issued") => {
-                Decision::AlreadyIssued(parse_uuid(reply.get(1).map_or("", String::as_str))?)
-            }
-            Some("sold_out") => Decision::SoldOut,
-            Some("not_open") => Decision::NotOpen,
-            Some("closed") => Decision::Closed,
-            Some("missing") => Decision::Missing,
-            other => {
-                return Err(Error::Unexpected(format!("gate script answered {other:?}")));
-            }
-        })
-    }
-
-    async fn release(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        user: UserId,
-        request_id: Uuid,
-    ) -> Result<bool> {
-        let released: i64 = self
-            .run_on_holder(&self.release, campaign, coupon, user, request_id, None)
-            .await?;
-        Ok(released == 1)
-    }
-
-    async fn ensure(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        cfg: GateCoupon,
-        holders: &[(UserId, Uuid)],
-    ) -> Result<Ensured> {
-        let mut conn = self.conn.clone();
-        let key = coupon_key(campaign, coupon);
-        let exists: bool = conn.exists(&key).await?;
-        if !exists && !holders.is_empty() {
-            // Holders first: while the coupon hash is absent the gate refuses everyone.
-            let hk = holders_key(campaign, coupon);
-            for chunk in holders.chunks(1000) {
-                let items: Vec<(String, String)> = chunk
-                    .iter()
-                    .map(|(u, r)| (u.to_string(), r.to_string()))
-                    .collect();
-                let () = conn.hset_multiple(&hk, &items).await?;
-            }
-        }
-        let stock = cfg.quantity - holders.len() as i64;
-        let reply: Vec<String> = self
-            .ensure
-            .key(&key)
-            .arg(cfg.quantity)
-            .arg(cfg.starts_ms)
-            .arg(cfg.ends_ms)
-            .arg(stock)
-            .invoke_async(&mut conn)
-            .await?;
-        let num = |i: usize| {
-            reply
-                .get(i)
-                .and_then(|s| s.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        Ok(match reply.first().map(String::as_str) {
-            Some("created") => Ensured::Created { stock: num(1) },
-            Some("shrink") => Ensured::Shrink { live: num(1) },
-            Some("ok") if num(1) > 0 => Ensured::Grown { by: num(1) },
-            Some("ok") => Ensured::Unchanged,
-            other => {
-                return Err(Error::Unexpected(format!(
-                    "ensure script answered {other:?}"
-                )));
-            }
-        })
-    }
-
-    async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>> {
-        let mut conn = self.conn.clone();
-        let (fields, holders): ((Option<i64>, Option<i64>, Option<i64>), i64) = redis::pipe()
-            .cmd("HMGET")
-            .arg(coupon_key(campaign, coupon))
-            .arg(&["quantity", "stock", "refused_sold_out"])
-            .hlen(holders_key(campaign, coupon))
-            .query_async(&mut conn)
-            .await?;
-        Ok(match fields {
-            (Some(quantity), Some(remaining), refused) => Some(GateSnapshot {
-                quantity,
-                remaining,
-                refused_sold_out: refused.unwrap_or(0),
-                holders,
-            }),
-            _ => None,
-        })
-    }
-
-    async fn holder(&self, campaign: &str, coupon: CouponId, user: UserId) -> Result<Option<Uuid>> {
-        let mut conn = self.conn.clone();
-        let id: Option<String> = conn.hget(holders_key(campaign, coupon), user).await?;
-        id.as_deref().map(parse_uuid).transpose()
-    }
-
-    async fn set_catalog(&self, campaign: &str, coupons: &[(CouponId, i64)]) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let () = conn.hset_multiple(catalog_key(campaign), coupons).await?;
-        Ok(())
-    }
-
-    async fn catalog(&self, campaign: &str) -> Result<Option<Vec<(CouponId, i64)>>> {
-        let mut conn = self.conn.clone();
-        let mut all: Vec<(CouponId, i64)> = conn.hgetall(catalog_key(campaign)).await?;
-        if all.is_empty() {
-            return Ok(None);
-        }
-        all.sort_unstable();
-        Ok(Some(all))
-    }
-
-    async fn clock_ms(&self) -> Result<i64> {
-        let mut conn = self.conn.clone();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        Ok(secs * 1000 + micros / 1000)
-    }
-
-    async fn mark_lost(&self, campaign: &str) -> Result<i64> {
-        let mut conn = self.conn.clone();
-        let now = self.clock_ms().await?;
-        let (_, at): (bool, i64) = redis::pipe()
-            .set_nx(lost_key(campaign), now)
-            .get(lost_key(campaign))
-            .query_async(&mut conn)
-            .await?;
-        Ok(at)
-    }
-
-    async fn clear_lost(&self, campaign: &str) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: i64 = conn.del(lost_key(campaign)).await?;
-        Ok(())
-    }
-
-    async fn unsettled(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        cutoff_ms: i64,
-        limit: usize,
-    ) -> Result<Unsettled> {
-        let mut conn = self.conn.clone();
-        let key = unsettled_key(campaign, coupon);
-        let (count, oldest, ripe): (u64, Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
-            .zcard(&key)
-            .zrange_withscores(&key, 0, 0)
-            .zrangebyscore_limit_withscores(&key, "-inf", cutoff_ms, 0, limit as isize)
-            .query_async(&mut conn)
-            .await?;
-        let ripe = ripe
-            .into_iter()
-            .map(|(member, at)| {
-                let (user, id) = member
-                    .split_once(':')
-                    .and_then(|(u, id)| Some((u.parse::<UserId>().ok()?, parse_uuid(id).ok()?)))
-                    .ok_or_else(|| {
-                        Error::Unexpected(format!("bad unsettled reservation {member:?}"))
-                    })?;
-                Ok(Reservation {
-                    request_id: id,
-                    coupon,
-                    user,
-                    at_ms: at as i64,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Unsettled {
-            count,
-            oldest_ms: oldest.first().map(|(_, at)| *at as i64),
-            ripe,
-        })
-    }
-
-    async fn settle_issued(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        r: &[Reservation],
-    ) -> Result<()> {
-        let mut conn = self.conn.clone();
-        for chunk in r.chunks(1000) {
-            let members: Vec<String> = chunk
-                .iter()
-                .map(|r| unsettled_member(r.user, r.request_id))
-                .collect();
-            let _: i64 = conn.zrem(unsettled_key(campaign, coupon), members).await?;
-        }
-        Ok(())
-    }
-
-    async fn settle_released(
-        &self,
-        campaign: &str,
-        r: &Reservation,
-        cutoff_ms: i64,
-    ) -> Result<Released> {
-        let outcome: i64 = self
-            .run_on_holder(
-                &self.release,
-                campaign,
-                r.coupon,
-                r.user,
-                r.request_id,
-                Some(cutoff_ms),
-            )
-            .await?;
-        Ok(match outcome {
-            1 => Released::Released,
-            -1 => Released::Refreshed,
-            _ => Released::Gone,
-        })
-    }
-
-    async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
-}
-
-/// The gate held in process, for the embedded mode: the same decisions as the Redis scripts,
-/// under one lock (the scripts are atomic the same way).
+/// The gate held in process, for the embedded mode: the same decisions as the Redis scripts of
+/// an unsharded coupon, under one lock (the scripts are atomic the same way; one process has
+/// nothing to spread, so a `shards` setting is ignored here).
 #[derive(Default)]
 pub struct MemoryGate {
     state: std::sync::Mutex<MemoryState>,
@@ -681,6 +387,12 @@ impl StockGate for MemoryGate {
         )
     }
 
+    async fn discard(&self, campaign: &str, coupon: CouponId) -> Result<()> {
+        self.with(|s| {
+            s.coupons.remove(&(campaign.to_string(), coupon));
+        })
+    }
+
     async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>> {
         self.with(|s| {
             s.coupons
@@ -690,6 +402,7 @@ impl StockGate for MemoryGate {
                     remaining: c.stock,
                     refused_sold_out: c.refused_sold_out,
                     holders: c.holders.len() as i64,
+                    shards: 1,
                 })
         })
     }
@@ -752,6 +465,7 @@ impl StockGate for MemoryGate {
                     coupon,
                     user,
                     at_ms,
+                    shard: 0,
                 })
                 .collect();
             all.sort_by_key(|r| (r.at_ms, r.user));
@@ -772,6 +486,7 @@ impl StockGate for MemoryGate {
         campaign: &str,
         coupon: CouponId,
         r: &[Reservation],
+        _cutoff_ms: i64,
     ) -> Result<()> {
         self.with(|s| {
             if let Some(c) = s.coupons.get_mut(&(campaign.to_string(), coupon)) {

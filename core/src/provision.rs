@@ -104,14 +104,19 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
     if let Some(&first) = lost.first() {
         rebuild_is_safe(campaign, to, first).await?;
     }
+    let shards: std::collections::BTreeMap<CouponId, u16> =
+        campaign.coupons().iter().map(|c| (c.id, c.shards)).collect();
     for book in books {
         let cfg = GateCoupon {
             quantity: book.total_quantity,
             starts_ms,
             ends_ms,
+            shards: shards.get(&book.coupon_id).copied().unwrap_or(1),
         };
         let holders = if lost.contains(&book.coupon_id) {
             report.gates_rebuilt.push(book.coupon_id);
+            // What a partial loss left (some shards of a sharded coupon) is rebuilt too.
+            to.gate.discard(&campaign.name, book.coupon_id).await?;
             to.ledger.holders(&campaign.name, book.coupon_id).await?
         } else {
             Vec::new()
@@ -126,6 +131,13 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
                     coupon: book.coupon_id,
                     live,
                     wanted: book.total_quantity,
+                });
+            }
+            Ensured::Reshard { live } => {
+                return Err(Error::ShardsChanged {
+                    coupon: book.coupon_id,
+                    live,
+                    wanted: cfg.shards,
                 });
             }
             Ensured::Created { .. } | Ensured::Grown { .. } | Ensured::Unchanged => {}

@@ -149,7 +149,7 @@ pub async fn settle(books: &Books<'_>, opts: &SettleOptions) -> Result<SettleRep
     for (coupon, kept) in &by_coupon {
         books
             .gate
-            .settle_issued(books.campaign, *coupon, kept)
+            .settle_issued(books.campaign, *coupon, kept, cutoff)
             .await?;
         report.kept += kept.len();
     }

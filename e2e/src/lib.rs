@@ -2,6 +2,7 @@
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
 pub mod chaos;
+pub mod redis_cluster;
 pub mod tls;
 
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub fn campaign(name: &str, groups: &[(&str, i64)], partitions: i32) -> Campaign
                 name: "test coupon {id}".into(),
                 discount: 1000,
                 quantity: *quantity,
+                shards: None,
             })
             .collect(),
         starts_at: None,
@@ -150,8 +152,13 @@ impl Stack {
 
     /// The same, with the gate on the local Redis Cluster.
     pub async fn start_on_cluster(database_url: &str, campaign: Campaign) -> Self {
+        Self::start_on_redis(database_url, campaign, &redis_cluster_url()).await
+    }
+
+    /// As [`Stack::start`], with the gate on this Redis (or `redis+cluster://…`).
+    pub async fn start_on_redis(database_url: &str, campaign: Campaign, redis_url: &str) -> Self {
         let opts = StackOptions {
-            redis_url: Some(redis_cluster_url()),
+            redis_url: Some(redis_url.to_string()),
             ..StackOptions::default()
         };
         Self::start_on_broker(database_url, campaign, opts).await

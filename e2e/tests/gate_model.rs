@@ -72,6 +72,7 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
             quantity,
             starts_ms,
             ends_ms,
+            shards: 1,
         };
         let (campaign, memory) = (campaign.clone(), &memory);
         async move {
@@ -122,11 +123,11 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
             Op::SettleIssued { coupon, user, id } => {
                 let r = [reservation(coupon, user, ids[id])];
                 redis
-                    .settle_issued(&campaign, coupon, &r)
+                    .settle_issued(&campaign, coupon, &r, i64::MAX)
                     .await
                     .expect("redis");
                 memory
-                    .settle_issued(&campaign, coupon, &r)
+                    .settle_issued(&campaign, coupon, &r, i64::MAX)
                     .await
                     .expect("memory");
             }
@@ -183,6 +184,7 @@ fn reservation(coupon: u32, user: u64, request_id: Uuid) -> Reservation {
         coupon,
         user,
         at_ms: 0,
+        shard: 0,
     }
 }
 

@@ -83,6 +83,75 @@ async fn burst_on_a_redis_cluster() {
     burst(stack).await;
 }
 
+/// One hot coupon split over four shards (on the cluster, over its three masters): 2,000
+/// users race for 500 units. Exactly 500 win, no user twice, and no sold-out answer came back
+/// before a request that still won was sent (no refusal while any shard had stock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_coupon_over_four_shards_on_a_redis_cluster() {
+    let spec = sharded(campaign(&unique("hot-cluster"), &[("1", 500)], 3), 4);
+    sharded_burst(Stack::start_on_cluster(&coupon_e2e::postgres_url(), spec).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_coupon_over_four_shards() {
+    let spec = sharded(campaign(&unique("hot"), &[("1", 500)], 3), 4);
+    sharded_burst(Stack::start(&coupon_e2e::mysql_url(), spec).await).await;
+}
+
+fn sharded(mut c: Campaign, shards: u16) -> Campaign {
+    for g in &mut c.spec.coupons {
+        g.shards = Some(shards);
+    }
+    c
+}
+
+async fn sharded_burst(stack: Stack) {
+    use futures::StreamExt;
+    let started = std::time::Instant::now();
+    // 64 at a time, so requests keep being sent after the first sold-out answers arrive.
+    let answers: Vec<_> = futures::stream::iter(1..=2000u64)
+        .map(|user| {
+            let stack = &stack;
+            async move {
+                let sent = started.elapsed();
+                let (status, body) = stack.issue(1, user).await;
+                (sent, started.elapsed(), status, body)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let accepted: Vec<_> = answers
+        .iter()
+        .filter(|a| a.2 == StatusCode::ACCEPTED)
+        .collect();
+    assert_eq!(accepted.len(), 500, "exactly the quantity accepted");
+    let users: HashSet<_> = accepted.iter().map(|a| a.3["userId"].as_u64()).collect();
+    assert_eq!(users.len(), 500, "no user twice");
+    let sold_out: Vec<_> = answers
+        .iter()
+        .filter(|a| a.3["code"] == "sold_out")
+        .collect();
+    assert_eq!(sold_out.len(), 1500, "every other request refused as sold out");
+    let first_refusal = sold_out.iter().map(|a| a.1).min().expect("refusals");
+    let late_winners = accepted.iter().filter(|a| a.0 > first_refusal).count();
+    assert_eq!(
+        late_winners, 0,
+        "requests sent after a sold-out answer still got a coupon: stock remained"
+    );
+    let snap = stack.gate_snapshot(1).await;
+    assert_eq!((snap.shards, snap.remaining, snap.quantity), (4, 0, 500));
+    assert_eq!(snap.refused_sold_out, 1500, "each refusal counted once, at its home");
+    stack.drain(DRAIN).await;
+    let mut log = AcceptedLog::default();
+    log.accepted
+        .extend(accepted.iter().map(|a| request_id(&a.3)));
+    let report = stack.verify(Some(&log)).await;
+    assert_green(&report);
+    assert_eq!(report.total_issued(), 500);
+    stack.shutdown().await;
+}
+
 /// 1,000 distinct users and then repeating users race for 100 coupons: exactly 100 win.
 async fn burst_on_a_quantity_100_coupon(db: &str) {
     burst(Stack::start(db, campaign(&unique("burst"), &[("1", 100), ("2", 100)], 3)).await).await;

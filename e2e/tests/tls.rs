@@ -44,6 +44,7 @@ async fn redis_over_tls_with_an_acl_user_and_a_client_certificate() {
         quantity: 2,
         starts_ms: 0,
         ends_ms: 0,
+        shards: 1,
     };
     gate.ensure(&name, 1, coupon, &[]).await.expect("ensure");
     let reserved = gate
