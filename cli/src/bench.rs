@@ -326,7 +326,11 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
 
     let db_pids = procs::behind(
         b.database_url.as_deref().unwrap_or_default(),
-        if ledger.backend() == "mysql" { 3306 } else { 5432 },
+        if ledger.backend() == "mysql" {
+            3306
+        } else {
+            5432
+        },
     );
     let broker_pids = procs::behind(b.kafka_brokers(), 9092);
     let consumer = spawn(
@@ -366,8 +370,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     let drain_cpu = DrainCpu {
         consumer: procs::cpu_seconds(&[consumer.0.id()]) - cpu_before.0,
         database: (!db_pids.is_empty()).then(|| procs::cpu_seconds(&db_pids) - cpu_before.1),
-        broker: (!broker_pids.is_empty())
-            .then(|| procs::cpu_seconds(&broker_pids) - cpu_before.2),
+        broker: (!broker_pids.is_empty()).then(|| procs::cpu_seconds(&broker_pids) - cpu_before.2),
     };
     let consumer_rss_mb = consumer.peak_rss_mb();
     consumer.stop();
@@ -422,7 +425,11 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     }
     let per_k = |secs: f64, n: usize| secs * 1000.0 / n.max(1) as f64 * 1000.0;
     let mut cpu = vec![standalone.cpu_line("one Redis", per_k)];
-    cpu.extend(clustered.as_ref().map(|c| c.cpu_line("Redis Cluster", per_k)));
+    cpu.extend(
+        clustered
+            .as_ref()
+            .map(|c| c.cpu_line("Redis Cluster", per_k)),
+    );
     let drained = accepted;
     let drain = CpuLine {
         setup: "drain (all phases)".into(),

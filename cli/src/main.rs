@@ -397,9 +397,14 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 api_pod_cores,
                 consumer_pod_cores,
             };
-            if !(0.0..=1.0).contains(&issued_share) || !(0.0 < utilisation && utilisation <= 1.0) {
+            let valid = (0.0..=1.0).contains(&issued_share)
+                && utilisation > 0.0
+                && utilisation <= 1.0
+                && api_pod_cores > 0.0
+                && consumer_pod_cores > 0.0;
+            if !valid {
                 return Err(coupon_core::Error::Config(
-                    "--issued-share must be within 0..1 and --utilisation within (0, 1]".into(),
+                    "--issued-share must be within 0..1, --utilisation within (0, 1] and pod cores positive".into(),
                 ));
             }
             let rates = if rates.is_empty() {

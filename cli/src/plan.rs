@@ -84,7 +84,9 @@ fn cores(per_sec: f64, us: f64) -> f64 {
 }
 
 fn units(cores_needed: f64, cores_per_unit: f64, utilisation: f64) -> u64 {
-    ((cores_needed / (cores_per_unit * utilisation)) - 1e-9).ceil().max(1.0) as u64
+    ((cores_needed / (cores_per_unit * utilisation)) - 1e-9)
+        .ceil()
+        .max(1.0) as u64
 }
 
 /// The formula: each stage's busy cores at this rate, divided by what one unit offers.
@@ -125,12 +127,24 @@ pub fn render(plans: &[Plan], c: &Costs, a: &Assumptions, source: &str) -> Strin
     );
     s.push_str(&format!(
         "{:>12} {:>10} {:>14} {:>11} {:>10} {:>13} {:>15}\n",
-        "requests/s", "API pods", "Redis masters", "partitions", "consumers", "broker cores", "database cores"
+        "requests/s",
+        "API pods",
+        "Redis masters",
+        "partitions",
+        "consumers",
+        "broker cores",
+        "database cores"
     ));
     for p in plans {
         s.push_str(&format!(
             "{:>12} {:>10} {:>14} {:>11} {:>10} {:>13.1} {:>15.1}\n",
-            p.rate, p.api_pods, p.redis_masters, p.partitions, p.consumers, p.broker_cores, p.database_cores
+            p.rate,
+            p.api_pods,
+            p.redis_masters,
+            p.partitions,
+            p.consumers,
+            p.broker_cores,
+            p.database_cores
         ));
     }
     s.push_str(

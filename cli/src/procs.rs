@@ -13,7 +13,10 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let rest = &text[text.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state(0) ppid(1) … utime(11) stime(12).
-    Some((f.get(1)?.parse().ok()?, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+    Some((
+        f.get(1)?.parse().ok()?,
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    ))
 }
 
 fn all_pids() -> Vec<u32> {
@@ -123,7 +126,10 @@ mod tests {
         );
         assert_eq!(ports("127.0.0.1:9092", 9092), [9092]);
         assert_eq!(ports("postgres://postgres@localhost/test", 5432), [5432]);
-        assert_eq!(ports("mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED", 3306), [3306]);
+        assert_eq!(
+            ports("mysql://root@127.0.0.1:3306/test?ssl-mode=DISABLED", 3306),
+            [3306]
+        );
     }
 
     #[test]

@@ -329,7 +329,9 @@ impl HealingCluster {
 
     /// How many times the connection has been replaced.
     pub fn rebuilt(&self) -> u32 {
-        self.shared.rebuilt.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .rebuilt
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn current(&self) -> redis::cluster_async::ClusterConnection {

@@ -104,8 +104,11 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
     if let Some(&first) = lost.first() {
         rebuild_is_safe(campaign, to, first).await?;
     }
-    let shards: std::collections::BTreeMap<CouponId, u16> =
-        campaign.coupons().iter().map(|c| (c.id, c.shards)).collect();
+    let shards: std::collections::BTreeMap<CouponId, u16> = campaign
+        .coupons()
+        .iter()
+        .map(|c| (c.id, c.shards))
+        .collect();
     for book in books {
         let cfg = GateCoupon {
             quantity: book.total_quantity,

@@ -32,7 +32,8 @@ fn cli(port: u16, args: &[&str]) -> String {
 impl PrivateCluster {
     /// `masters` masters, each with one replica, on ports `base..base + 2 × masters`.
     pub fn start(base: u16, masters: usize) -> Self {
-        let dir = std::env::temp_dir().join(format!("coupon-cluster-{base}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("coupon-cluster-{base}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         let dir = tempdir::Dir(dir);
         let mut nodes = Vec::new();
@@ -41,8 +42,20 @@ impl PrivateCluster {
             std::fs::create_dir_all(&node_dir).expect("node dir");
             let child = Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
-                .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args([
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
                 .arg("--dir")
                 .arg(&node_dir)
                 .stdout(Stdio::null())
@@ -57,7 +70,10 @@ impl PrivateCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        let addrs: Vec<String> = nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
         let created = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -97,7 +113,10 @@ impl PrivateCluster {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "the cluster did not become healthy");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become healthy"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -133,7 +152,10 @@ impl PrivateCluster {
     /// Coordinated failover: the replica catches up with its master, then takes over.
     pub fn fail_over_to(&self, replica: u16) {
         let answer = cli(replica, &["cluster", "failover"]);
-        assert!(answer.trim() == "OK", "CLUSTER FAILOVER answered {answer:?}");
+        assert!(
+            answer.trim() == "OK",
+            "CLUSTER FAILOVER answered {answer:?}"
+        );
     }
 
     pub fn is_master(&self, port: u16) -> bool {

@@ -108,7 +108,11 @@ impl Run<'_> {
                 .await
                 .expect("settle released");
             self.trace.push(format!("settle: {r:?} -> {outcome:?}"));
-            prop_assert_ne!(outcome, Released::Refreshed, "nothing is newer than the cutoff");
+            prop_assert_ne!(
+                outcome,
+                Released::Refreshed,
+                "nothing is newer than the cutoff"
+            );
         }
         self.observe().await;
         Ok(())
@@ -138,7 +142,9 @@ impl Run<'_> {
                     .await
                     .expect("step");
                 let remaining = self.observe().await;
-                self.trace.push(format!("step {before} -> {decided:?}, remaining {remaining}"));
+                self.trace.push(format!(
+                    "step {before} -> {decided:?}, remaining {remaining}"
+                ));
                 let l = &self.live[i];
                 match decided {
                     Some(Decision::SoldOut) if l.gains == self.gains => {
@@ -158,7 +164,8 @@ impl Run<'_> {
                     Some(Decision::Reserved | Decision::Replay)
                 ) {
                     let l = self.live.swap_remove(i);
-                    self.trace.push(format!("publish {} {}", l.user, l.request_id));
+                    self.trace
+                        .push(format!("publish {} {}", l.user, l.request_id));
                     self.stored.insert(l.request_id, l.user);
                 }
             }
@@ -171,12 +178,20 @@ impl Run<'_> {
         }
         let users: BTreeSet<u64> = self.stored.values().copied().collect();
         prop_assert_eq!(users.len(), self.stored.len(), "a user stored twice");
-        prop_assert!(self.stored.len() as i64 <= self.quantity, "more than the quantity");
+        prop_assert!(
+            self.stored.len() as i64 <= self.quantity,
+            "more than the quantity"
+        );
         Ok(())
     }
 }
 
-async fn run(gate: &RedisGate, quantity: i64, shards: u16, ops: &[Op]) -> Result<(), TestCaseError> {
+async fn run(
+    gate: &RedisGate,
+    quantity: i64,
+    shards: u16,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let campaign = unique("shards");
     let cfg = GateCoupon {
         quantity,
@@ -208,8 +223,17 @@ async fn run(gate: &RedisGate, quantity: i64, shards: u16, ops: &[Op]) -> Result
         .unsettled(&run.campaign, 1, i64::MAX / 4, 10_000)
         .await
         .expect("unsettled");
-    prop_assert_eq!(left.count, 0, "reservations left unsettled: {:?}", left.ripe);
-    let snap = gate.snapshot(&run.campaign, 1).await.expect("snapshot").expect("coupon");
+    prop_assert_eq!(
+        left.count,
+        0,
+        "reservations left unsettled: {:?}",
+        left.ripe
+    );
+    let snap = gate
+        .snapshot(&run.campaign, 1)
+        .await
+        .expect("snapshot")
+        .expect("coupon");
     prop_assert_eq!(snap.shards, shards);
     prop_assert_eq!(snap.quantity, quantity);
     prop_assert_eq!(
@@ -222,16 +246,30 @@ async fn run(gate: &RedisGate, quantity: i64, shards: u16, ops: &[Op]) -> Result
     // As from one counter: exactly the rest, then sold out.
     let mut issued = 0;
     for user in 1_000..1_000 + quantity as u64 + 2 {
-        match gate.reserve(&run.campaign, 1, user, Uuid::now_v7()).await.expect("reserve") {
+        match gate
+            .reserve(&run.campaign, 1, user, Uuid::now_v7())
+            .await
+            .expect("reserve")
+        {
             Decision::Reserved => issued += 1,
             Decision::SoldOut => break,
             other => prop_assert!(false, "fresh user {} got {:?}", user, other),
         }
     }
-    prop_assert_eq!(issued, snap.remaining, "every unit reachable, none stranded");
-    let after = gate.snapshot(&run.campaign, 1).await.expect("snapshot").expect("coupon");
+    prop_assert_eq!(
+        issued,
+        snap.remaining,
+        "every unit reachable, none stranded"
+    );
+    let after = gate
+        .snapshot(&run.campaign, 1)
+        .await
+        .expect("snapshot")
+        .expect("coupon");
     prop_assert_eq!(after.remaining, 0);
-    gate.forget_campaign(&run.campaign, &[1]).await.expect("forget");
+    gate.forget_campaign(&run.campaign, &[1])
+        .await
+        .expect("forget");
     Ok(())
 }
 

@@ -132,7 +132,11 @@ async fn sharded_burst(stack: Stack) {
         .iter()
         .filter(|a| a.3["code"] == "sold_out")
         .collect();
-    assert_eq!(sold_out.len(), 1500, "every other request refused as sold out");
+    assert_eq!(
+        sold_out.len(),
+        1500,
+        "every other request refused as sold out"
+    );
     let first_refusal = sold_out.iter().map(|a| a.1).min().expect("refusals");
     let late_winners = accepted.iter().filter(|a| a.0 > first_refusal).count();
     assert_eq!(
@@ -141,7 +145,10 @@ async fn sharded_burst(stack: Stack) {
     );
     let snap = stack.gate_snapshot(1).await;
     assert_eq!((snap.shards, snap.remaining, snap.quantity), (4, 0, 500));
-    assert_eq!(snap.refused_sold_out, 1500, "each refusal counted once, at its home");
+    assert_eq!(
+        snap.refused_sold_out, 1500,
+        "each refusal counted once, at its home"
+    );
     stack.drain(DRAIN).await;
     let mut log = AcceptedLog::default();
     log.accepted

@@ -59,13 +59,25 @@ pub struct Attempt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
     /// Window, duplicate and local stock at the home shard.
-    Home { tries: u8 },
+    Home {
+        tries: u8,
+    },
     /// Claimed at home; taking from the `tried`-th sibling.
-    Take { home: u16, epoch: String, tried: u16 },
+    Take {
+        home: u16,
+        epoch: String,
+        tried: u16,
+    },
     /// Took a unit from `from`; confirming the claim at home.
-    Confirm { home: u16, from: u16 },
+    Confirm {
+        home: u16,
+        from: u16,
+    },
     /// Every sibling was dry: drop the claim, answer sold out.
-    Unclaim { home: u16, epoch: String },
+    Unclaim {
+        home: u16,
+        epoch: String,
+    },
     Done(Decision),
 }
 
@@ -126,18 +138,23 @@ impl RedisGate {
         }
     }
 
-    /// The coupon's shard count: cached, else read from shard 0 (1 when absent).
-    async fn shards(&self, campaign: &str, coupon: CouponId) -> Result<u16> {
-        if let Some(k) = self.cached_shards(campaign, coupon) {
-            return Ok(k);
-        }
+    /// Shard 0's quantity (None: absent) and the coupon's shard count as it records it.
+    async fn shard_zero(&self, campaign: &str, coupon: CouponId) -> Result<(Option<i64>, u16)> {
         let mut conn = self.conn.clone();
         let (quantity, shards): (Option<i64>, Option<u16>) = redis::cmd("HMGET")
             .arg(ShardKeys::new(campaign, coupon, 0).coupon)
             .arg(&["quantity", "shards"])
             .query_async(&mut conn)
             .await?;
-        let k = shards.unwrap_or(1).clamp(1, MAX_SHARDS);
+        Ok((quantity, shards.unwrap_or(1).clamp(1, MAX_SHARDS)))
+    }
+
+    /// The coupon's shard count: cached, else read from shard 0 (1 when absent).
+    async fn shards(&self, campaign: &str, coupon: CouponId) -> Result<u16> {
+        if let Some(k) = self.cached_shards(campaign, coupon) {
+            return Ok(k);
+        }
+        let (quantity, k) = self.shard_zero(campaign, coupon).await?;
         if quantity.is_some() {
             self.remember_shards(campaign, coupon, k);
         }
@@ -186,11 +203,7 @@ impl RedisGate {
                     .await?;
                 self.home_answer(a, home, tries, &reply)?
             }
-            Stage::Take {
-                home,
-                epoch,
-                tried,
-            } => {
+            Stage::Take { home, epoch, tried } => {
                 let from = siblings(home, a.shards, a.request_id.as_u128())
                     .nth(usize::from(tried))
                     .ok_or_else(|| Error::Unexpected("no sibling shard left".into()))?;
@@ -244,7 +257,13 @@ impl RedisGate {
         Ok(a.decision().cloned())
     }
 
-    fn home_answer(&self, a: &mut Attempt, home: u16, tries: u8, reply: &[String]) -> Result<Stage> {
+    fn home_answer(
+        &self,
+        a: &mut Attempt,
+        home: u16,
+        tries: u8,
+        reply: &[String],
+    ) -> Result<Stage> {
         let decided = |d| Ok(Stage::Done(d));
         match reply_at(reply, 0) {
             "reserved" => decided(Decision::Reserved),
@@ -298,10 +317,10 @@ impl RedisGate {
     /// along (a unit taken, a confirm whose answer was lost) is left whole for settlement,
     /// because a retry with the same Idempotency-Key may publish it.
     async fn abandon(&self, a: &Attempt) {
-        if let Stage::Take { home, .. } | Stage::Unclaim { home, .. } = a.stage {
-            if let Err(e) = self.unclaim(a, home, "").await {
-                tracing::warn!(error = %e, request_id = %a.request_id, "claim left for settlement");
-            }
+        if let Stage::Take { home, .. } | Stage::Unclaim { home, .. } = a.stage
+            && let Err(e) = self.unclaim(a, home, "").await
+        {
+            tracing::warn!(error = %e, request_id = %a.request_id, "claim left for settlement");
         }
     }
 
@@ -485,8 +504,12 @@ impl RedisGate {
     async fn forget_coupon(&self, campaign: &str, coupon: CouponId) -> Result<usize> {
         let mut conn = self.conn.clone();
         let mut removed = 0usize;
-        // Every possible shard: shard 0, which records the count, may be the one lost.
-        for shard in 0..MAX_SHARDS {
+        // Without shard 0 (which records the count) every possible shard is looked at.
+        let k = match self.shard_zero(campaign, coupon).await? {
+            (Some(_), k) => k,
+            (None, _) => MAX_SHARDS,
+        };
+        for shard in 0..k {
             let keys = ShardKeys::new(campaign, coupon, shard);
             let n: usize = conn.del(&keys.all()).await?;
             removed += n;
@@ -523,12 +546,7 @@ impl RedisGate {
     /// Live quantity and shard count of an existing coupon.
     async fn live_quantity(&self, campaign: &str, coupon: CouponId) -> Result<(i64, u16)> {
         let mut conn = self.conn.clone();
-        let (q0, k): (Option<i64>, Option<u16>) = redis::cmd("HMGET")
-            .arg(ShardKeys::new(campaign, coupon, 0).coupon)
-            .arg(&["quantity", "shards"])
-            .query_async(&mut conn)
-            .await?;
-        let k = k.unwrap_or(1);
+        let (q0, k) = self.shard_zero(campaign, coupon).await?;
         let mut total = q0.unwrap_or(0);
         for shard in 1..k {
             let q: Option<i64> = conn
@@ -625,7 +643,11 @@ impl StockGate for RedisGate {
                 let () = conn.hset_multiple(&key, chunk).await?;
             }
         }
-        let stock = rebuilt_stock(cfg.quantity, k, holders.iter().map(|(u, _)| home_shard(*u, k)));
+        let stock = rebuilt_stock(
+            cfg.quantity,
+            k,
+            holders.iter().map(|(u, _)| home_shard(*u, k)),
+        );
         // Shard 0 last: its hash is what makes the coupon visible.
         for shard in (1..k).chain([0]) {
             let key = ShardKeys::new(campaign, coupon, shard).coupon;
@@ -663,14 +685,13 @@ impl StockGate for RedisGate {
         };
         for shard in 0..k {
             let keys = ShardKeys::new(campaign, coupon, shard);
-            let (fields, holders): ((Option<i64>, Option<i64>, Option<i64>), i64) =
-                redis::pipe()
-                    .cmd("HMGET")
-                    .arg(&keys.coupon)
-                    .arg(&["quantity", "stock", "refused_sold_out"])
-                    .hlen(&keys.holders)
-                    .query_async(&mut conn)
-                    .await?;
+            let (fields, holders): ((Option<i64>, Option<i64>, Option<i64>), i64) = redis::pipe()
+                .cmd("HMGET")
+                .arg(&keys.coupon)
+                .arg(&["quantity", "stock", "refused_sold_out"])
+                .hlen(&keys.holders)
+                .query_async(&mut conn)
+                .await?;
             // A shard without its hash: the coupon's gate is (partly) lost.
             let (Some(quantity), Some(remaining), refused) = fields else {
                 return Ok(None);

@@ -98,7 +98,10 @@ mod tests {
         let k = ShardKeys::new("drop", 7, 0);
         assert_eq!(k.coupon, "coupon:{drop:7}");
         assert_eq!(k.holders, "coupon:{drop:7}:holders");
-        assert_eq!(ShardKeys::new("drop", 7, 3).unsettled, "coupon:{drop:7/3}:unsettled");
+        assert_eq!(
+            ShardKeys::new("drop", 7, 3).unsettled,
+            "coupon:{drop:7/3}:unsettled"
+        );
     }
 
     #[test]
@@ -120,7 +123,10 @@ mod tests {
         for user in 1..=40_000u64 {
             counts[usize::from(home_shard(user, 4))] += 1;
         }
-        assert!(counts.iter().all(|c| (9_500..10_500).contains(c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| (9_500..10_500).contains(c)),
+            "{counts:?}"
+        );
         assert_eq!(home_shard(12345, 1), 0);
         // Pinned: a change here would move every user's duplicate mark.
         assert_eq!(
