@@ -102,13 +102,18 @@ impl PrivateCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
-    /// Waits until every node reports `cluster_state:ok` and every slot is served.
+    /// Waits until every node reports `cluster_state:ok`, every slot is served and every
+    /// replica is in sync with its master (a failover waits for that).
     pub fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().all(|(p, _)| {
                 let info = cli(*p, &["cluster", "info"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                let replication = cli(*p, &["info", "replication"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             });
             if ok {
                 return;
