@@ -48,6 +48,10 @@ fn the_seed_example_passes_every_rule_on_create_and_update() {
         "startsAt": "2026-12-01T10:00:00Z", "endsAt": "2026-12-01T11:00:00Z"
     }));
     assert_eq!(broken(&windowed, None), Vec::<String>::new());
+    let sharded = campaign(json!({"coupons": [
+        {"ids": 21, "name": "launch special", "discount": 50000, "quantity": 100000, "shards": 4}
+    ]}));
+    assert_eq!(broken(&sharded, None), Vec::<String>::new());
 }
 
 #[test]
