@@ -297,3 +297,100 @@ proptest! {
         })?;
     }
 }
+
+/// Provisioning splits the quantity over the shards, grows every shard, refuses a shrink or a
+/// new shard count without touching anything, and rebuilds a lost coupon from its holders
+/// with each holder at its home and the stock summing to the rest.
+#[tokio::test]
+async fn provisioning_splits_grows_refuses_and_rebuilds() {
+    use coupon_core::gate::Ensured;
+    let gate = RedisGate::connect(&redis_cluster_url())
+        .await
+        .expect("redis cluster");
+    let campaign = unique("split");
+    let cfg = |quantity, shards| GateCoupon {
+        quantity,
+        starts_ms: 0,
+        ends_ms: 0,
+        shards,
+    };
+    let created = gate
+        .ensure(&campaign, 1, cfg(10, 3), &[])
+        .await
+        .expect("ensure");
+    assert_eq!(created, Ensured::Created { stock: 10 });
+    let grown = gate
+        .ensure(&campaign, 1, cfg(17, 3), &[])
+        .await
+        .expect("grow");
+    assert_eq!(grown, Ensured::Grown { by: 7 });
+    let snap = gate
+        .snapshot(&campaign, 1)
+        .await
+        .expect("snapshot")
+        .expect("coupon");
+    assert_eq!((snap.quantity, snap.remaining, snap.shards), (17, 17, 3));
+    assert_eq!(
+        gate.ensure(&campaign, 1, cfg(16, 3), &[])
+            .await
+            .expect("shrink"),
+        Ensured::Shrink { live: 17 }
+    );
+    assert_eq!(
+        gate.ensure(&campaign, 1, cfg(17, 4), &[])
+            .await
+            .expect("reshard"),
+        Ensured::Reshard { live: 3 }
+    );
+    // Every unit reachable after growing: 17 users get one each, the 18th is refused.
+    let mut ids = Vec::new();
+    for user in 1..=17u64 {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            gate.reserve(&campaign, 1, user, id).await.expect("reserve"),
+            Decision::Reserved
+        );
+        ids.push((user, id));
+    }
+    assert_eq!(
+        gate.reserve(&campaign, 1, 18, Uuid::now_v7())
+            .await
+            .expect("reserve"),
+        Decision::SoldOut
+    );
+    // Redis lost it: rebuilt from five holders, twelve units left, every holder still known.
+    gate.discard(&campaign, 1).await.expect("discard");
+    assert_eq!(gate.snapshot(&campaign, 1).await.expect("snapshot"), None);
+    let holders = &ids[..5];
+    assert_eq!(
+        gate.ensure(&campaign, 1, cfg(17, 3), holders)
+            .await
+            .expect("rebuild"),
+        Ensured::Created { stock: 12 }
+    );
+    for (user, id) in holders {
+        assert_eq!(
+            gate.holder(&campaign, 1, *user).await.expect("holder"),
+            Some(*id)
+        );
+        assert_eq!(
+            gate.reserve(&campaign, 1, *user, Uuid::now_v7())
+                .await
+                .expect("reserve"),
+            Decision::AlreadyIssued(*id)
+        );
+    }
+    let mut issued = 0;
+    for user in 100..130u64 {
+        if gate
+            .reserve(&campaign, 1, user, Uuid::now_v7())
+            .await
+            .expect("reserve")
+            == Decision::Reserved
+        {
+            issued += 1;
+        }
+    }
+    assert_eq!(issued, 12);
+    gate.forget_campaign(&campaign, &[1]).await.expect("forget");
+}
