@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What the API's producer settings cost: the release coupon-api under `couponctl load --scenario
-# max` (API CPU per accepted request, from /proc) and under the seed's rate (p99), once per
-# setting, in one run, on one campaign per setting, with a consumer draining into PostgreSQL.
-# Settings are librdkafka properties passed as KAFKA_CLIENT_* variables, as a user would.
+# What the API's publishing costs: the release coupon-api under `couponctl load --scenario max`
+# (API CPU per accepted request from /proc, split into librdkafka's broker threads and the rest)
+# and under the seed's rate (p50/p99), once per setting, in one run; each load on a campaign of
+# its own with a consumer draining into PostgreSQL, and its books verified.
 # Usage: scripts/measure-producer.sh [SECONDS] [CONNECTIONS] [SEED-TIME-SCALE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +21,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# run LABEL [NAME=VALUE...]: the settings are exported to the API only.
-run() {
-    local label=$1
+# serve CAMPAIGN [NAME=VALUE...]: a fresh campaign, its consumer, and the API with the settings.
+serve() {
+    local campaign=$1
     shift
-    local campaign=prod-$stamp-$label
     cat >"$work/campaign.yaml" <<YAML
 apiVersion: coupons.fcfs.dev/v1alpha1
 kind: CouponCampaign
@@ -37,35 +36,59 @@ spec:
 YAML
     "$bin/couponctl" provision -f "$work/campaign.yaml" >/dev/null
     RUST_LOG=warn "$bin/coupon-consumer" --campaign "$campaign" --metrics-listen 127.0.0.1:0 &
-    local consumer=$!
-    pids+=("$consumer")
+    consumer=$!
     env "$@" RUST_LOG=warn "$bin/coupon-api" --campaign "$campaign" --listen 127.0.0.1:18083 &
-    local api=$!
-    pids+=("$api")
+    api=$!
+    pids+=("$consumer" "$api")
     until curl -fsS http://127.0.0.1:18083/readyz >/dev/null 2>&1; do sleep 0.1; done
-    local before after
-    before=$(awk '{print $14+$15}' "/proc/$api/stat")
-    "$bin/couponctl" load --target http://127.0.0.1:18083 --campaign "$campaign" --scenario max \
-        --connections "$connections" --duration "${duration}s" --quiet --json >"$work/max.json" || true
-    after=$(awk '{print $14+$15}' "/proc/$api/stat")
-    "$bin/couponctl" load --target http://127.0.0.1:18083 --campaign "$campaign" --scenario seed \
-        --time-scale "$seed_scale" --quiet --json >"$work/seed.json" || true
+}
+
+stop() {
     kill -TERM "$api" "$consumer"
     wait "$api" "$consumer" 2>/dev/null || true
-    python3 - "$work/max.json" "$work/seed.json" "$label" "$((after - before))" <<'PY'
+}
+
+# CPU ticks of the API's threads: "broker rest".
+ticks() {
+    local broker=0 rest=0 t v
+    for t in /proc/"$api"/task/*; do
+        v=$(awk '{print $14+$15}' "$t/stat")
+        if [[ $(cat "$t/comm") == rdk:broker* ]]; then broker=$((broker + v)); else rest=$((rest + v)); fi
+    done
+    echo "$broker $rest"
+}
+
+# run LABEL [NAME=VALUE...]
+run() {
+    local label=$1
+    shift
+    serve "prod-$stamp-$label-max" "$@"
+    read -r b0 r0 < <(ticks)
+    "$bin/couponctl" load --target http://127.0.0.1:18083 --campaign "prod-$stamp-$label-max" \
+        --scenario max --connections "$connections" --duration "${duration}s" --quiet --json >"$work/max.json" || true
+    read -r b1 r1 < <(ticks)
+    stop
+    serve "prod-$stamp-$label-seed" "$@"
+    "$bin/couponctl" load --target http://127.0.0.1:18083 --campaign "prod-$stamp-$label-seed" \
+        --scenario seed --time-scale "$seed_scale" --quiet --json >"$work/seed.json" || true
+    stop
+    python3 - "$work/max.json" "$work/seed.json" "$label" "$((b1 - b0))" "$((r1 - r0))" <<'PY'
 import json, sys
-mx, seed, label, ticks = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3], int(sys.argv[4])
+mx, seed, label = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+broker, rest = int(sys.argv[4]), int(sys.argv[5])
 accepted = mx.get("outcomes", {}).get("accepted", 0) or 1
-books = "books ok" if mx["passed"] and seed["passed"] else "BOOKS FAILED"
-print(f"{label:<16} max: {mx['throughput']:>7,.0f} req/s  p99 {mx['latencyMs']['p99']:>7.2f} ms"
-      f"  api cpu {ticks * 1e4 / accepted:>5.0f} µs/accepted   seed rate: {seed['throughput']:>5.1f} req/s"
-      f"  p50 {seed['latencyMs']['p50']:>5.2f} ms  p99 {seed['latencyMs']['p99']:>5.2f} ms  {books}")
+us = lambda ticks: ticks * 1e4 / accepted
+failed = [f"{name}: {c['id']} {c.get('detail', '')[:120]}" for name, r in (("max", mx), ("seed", seed))
+          for c in r["integrity"].get("checks", []) if c.get("status") == "fail"]
+books = "books ok" if mx["passed"] and seed["passed"] else "BOOKS FAILED " + "; ".join(failed)
+print(f"{label:<10} max: {mx['throughput']:>6,.0f} req/s p99 {mx['latencyMs']['p99']:>6.1f} ms"
+      f"  api cpu {us(broker + rest):>4.0f} µs/accepted (broker threads {us(broker):>3.0f}, rest {us(rest):>3.0f})"
+      f"  | seed: {seed['throughput']:>4.1f} req/s p50 {seed['latencyMs']['p50']:>5.2f} ms p99 {seed['latencyMs']['p99']:>5.2f} ms  {books}")
 PY
 }
 
-echo "== coupon-api producer settings: max load ${duration}s x ${connections} connections, then the seed scenario at time scale ${seed_scale} (machine: $(nproc) cores)"
-run lz4-linger0 KAFKA_CLIENT_COMPRESSION_TYPE=lz4 KAFKA_CLIENT_LINGER_MS=0
-run none-linger0 KAFKA_CLIENT_COMPRESSION_TYPE=none KAFKA_CLIENT_LINGER_MS=0
-run none-linger1 KAFKA_CLIENT_COMPRESSION_TYPE=none KAFKA_CLIENT_LINGER_MS=1
-run none-linger2 KAFKA_CLIENT_COMPRESSION_TYPE=none KAFKA_CLIENT_LINGER_MS=2
-run default
+echo "== coupon-api publishing: max load ${duration}s x ${connections} connections, then the seed scenario at time scale ${seed_scale} (machine: $(nproc) cores)"
+for round in 1 2; do
+    run "immediate$round" BATCH_ABOVE_IN_FLIGHT=0
+    run "adaptive$round"
+done

@@ -443,6 +443,8 @@ pub struct ApiConfig {
     pub topic: Option<String>,
     pub listen: SocketAddr,
     pub timeouts: PublishTimeouts,
+    /// When events are batched (under load) rather than sent at once.
+    pub batching: coupon_core::broker::Batching,
     /// How long readiness is false before the listener closes, on shutdown.
     pub drain_delay: Duration,
     pub identity: crate::identity::IdentityMode,
@@ -469,7 +471,7 @@ pub async fn run(
         .topic
         .clone()
         .unwrap_or_else(|| topic_name(&cfg.campaign));
-    let publisher = Publisher::new(&kafka, &topic, cfg.timeouts)
+    let publisher = Publisher::with_batching(&kafka, &topic, cfg.timeouts, cfg.batching)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
     let partitions = publisher.check().await.map_err(|e| {
         format!(

@@ -8,8 +8,12 @@ use clap::Parser;
 use coupon_api::ApiConfig;
 use coupon_api::admission::Limits;
 use coupon_api::identity::{IdentityMode, JwtSettings};
-use coupon_core::broker::PublishTimeouts;
+use coupon_core::broker::{Batching, PublishTimeouts};
 use coupon_core::config::{BackendArgs, LogFormat, init_logging, shutdown_signal};
+
+// glibc's allocator was 15 % of the request path's CPU (malloc, free, consolidation) under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The coupon issuance API.
 #[derive(Parser)]
@@ -29,6 +33,12 @@ struct Args {
     /// Deadline for the broker's acknowledgement, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     publish_timeout_ms: u64,
+    /// Publishes in flight above which new events are batched (0: always send at once).
+    #[arg(long, env = "BATCH_ABOVE_IN_FLIGHT", default_value_t = 16)]
+    batch_above_in_flight: usize,
+    /// How long a batched event may wait for others, in milliseconds.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 20)]
+    batch_linger_ms: u64,
     /// On SIGTERM, how long readiness is false while still serving, before the listener closes
     /// (0 when the pod's preStop pause already lets endpoints drain).
     #[arg(long, env = "DRAIN_DELAY_MS", default_value_t = 0)]
@@ -84,6 +94,8 @@ async fn main() -> ExitCode {
         topic,
         listen,
         publish_timeout_ms,
+        batch_above_in_flight,
+        batch_linger_ms,
         drain_delay_ms,
         identity,
         jwt_hs256_secret,
@@ -109,6 +121,10 @@ async fn main() -> ExitCode {
         timeouts: PublishTimeouts {
             message,
             request: message.mul_f32(0.8),
+        },
+        batching: Batching {
+            above_in_flight: batch_above_in_flight,
+            linger: Duration::from_millis(batch_linger_ms),
         },
         drain_delay: Duration::from_millis(drain_delay_ms),
         identity,
