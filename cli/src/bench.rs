@@ -383,7 +383,12 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         // Not measured: only so the cluster phase's events reach its ledger too.
         let consumer = spawn(
             "coupon-consumer",
-            &["--campaign", &cluster_name, "--metrics-listen", "127.0.0.1:0"],
+            &[
+                "--campaign",
+                &cluster_name,
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             b,
         )?;
         let cluster_topic = coupon_core::campaign::topic_name(&cluster_name);
@@ -397,7 +402,9 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         .map_err(err)?;
         consumer.stop();
         if left > 0 {
-            return Err(format!("{cluster_topic}: the consumer did not drain ({left} left)"));
+            return Err(format!(
+                "{cluster_topic}: the consumer did not drain ({left} left)"
+            ));
         }
     }
     let outcome = &standalone.outcome;
@@ -472,6 +479,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         broker_us: cpu[0].broker_ms.unwrap_or(0.0) + drain.broker_ms.unwrap_or(0.0),
         consumer_us: drain.consumer_ms.unwrap_or(0.0),
         database_us: drain.database_ms.unwrap_or(0.0),
+        drain_per_consumer: drain_rate,
     };
     cpu.push(drain);
     let h = &outcome.histogram;
@@ -602,4 +610,3 @@ async fn raw_consume(kafka: &KafkaConnection, topic: &str, n: usize) -> Result<f
     }
     Ok(rate(seen - 1, started.elapsed()))
 }
-

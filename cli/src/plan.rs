@@ -22,6 +22,9 @@ pub struct Costs {
     pub consumer_us: f64,
     /// The database, per issued event.
     pub database_us: f64,
+    /// Events one consumer drains per second (it waits on the database more than it burns
+    /// CPU, so its CPU alone would promise too much).
+    pub drain_per_consumer: f64,
 }
 
 impl Costs {
@@ -29,11 +32,12 @@ impl Costs {
     /// PostgreSQL 15) with `couponctl bench --connections 100`; see docs/capacity.md. Use your
     /// own: `couponctl bench --json > bench.json && couponctl plan --from bench.json`.
     pub const REFERENCE: Costs = Costs {
-        api_us: 200.0,
-        redis_us: 25.0,
-        broker_us: 150.0,
-        consumer_us: 60.0,
-        database_us: 80.0,
+        api_us: 65.0,
+        redis_us: 37.0,
+        broker_us: 100.0,
+        consumer_us: 5.0,
+        database_us: 25.0,
+        drain_per_consumer: 40_000.0,
     };
 }
 
@@ -96,7 +100,8 @@ pub fn plan(rate: f64, c: &Costs, a: &Assumptions) -> Plan {
         cores(events, c.consumer_us),
         a.consumer_pod_cores,
         a.utilisation,
-    );
+    )
+    .max(units(events, c.drain_per_consumer, a.utilisation));
     Plan {
         rate,
         events_per_sec: events,
@@ -113,13 +118,14 @@ pub fn plan(rate: f64, c: &Costs, a: &Assumptions) -> Plan {
 /// The table `couponctl plan` prints.
 pub fn render(plans: &[Plan], c: &Costs, a: &Assumptions, source: &str) -> String {
     let mut s = format!(
-        "CPU per request ({source}): api {:.0} µs, redis {:.0} µs; per issued event: broker {:.0} µs, consumer {:.0} µs, database {:.0} µs\n\
+        "CPU per request ({source}): api {:.0} µs, redis {:.0} µs; per issued event: broker {:.0} µs, consumer {:.0} µs, database {:.0} µs; one consumer drains {:.0} events/s\n\
          assumptions: {:.0}% of requests issued, cores {:.0}% busy, API pod {} cores, consumer pod {} cores\n\n",
         c.api_us,
         c.redis_us,
         c.broker_us,
         c.consumer_us,
         c.database_us,
+        c.drain_per_consumer,
         a.issued_share * 100.0,
         a.utilisation * 100.0,
         a.api_pod_cores,
@@ -163,6 +169,7 @@ mod tests {
         broker_us: 50.0,
         consumer_us: 40.0,
         database_us: 60.0,
+        drain_per_consumer: 1e9,
     };
 
     #[test]
@@ -186,6 +193,18 @@ mod tests {
             (p.api_pods, p.redis_masters, p.consumers, p.partitions),
             (1, 1, 1, 3)
         );
+    }
+
+    #[test]
+    fn consumers_are_bounded_by_their_drain_rate_too() {
+        let c = Costs {
+            consumer_us: 1.0,
+            drain_per_consumer: 10_000.0,
+            ..COSTS
+        };
+        // 100k events/s over 10k per consumer at 60 % → 16.7 → 17, although 0.1 core of CPU.
+        let p = plan(100_000.0, &c, &Assumptions::default());
+        assert_eq!((p.consumers, p.partitions), (17, 17));
     }
 
     #[test]
