@@ -23,8 +23,13 @@ pub struct Costs {
     /// The database, per issued event.
     pub database_us: f64,
     /// Events one consumer drains per second (it waits on the database more than it burns
-    /// CPU, so its CPU alone would promise too much).
+    /// CPU, so its CPU alone would promise too much). Absent from older reports: the reference.
+    #[serde(default = "reference_drain")]
     pub drain_per_consumer: f64,
+}
+
+fn reference_drain() -> f64 {
+    Costs::REFERENCE.drain_per_consumer
 }
 
 impl Costs {

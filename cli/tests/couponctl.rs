@@ -167,3 +167,46 @@ fn uuid_like() -> String {
         .map_or(0, |d| d.as_nanos());
     format!("{:x}{:x}", nanos, std::process::id())
 }
+
+/// `couponctl plan` as a user runs it: the table for the asked rates, the same as JSON, a
+/// bench report's costs read back, and a clear refusal of a file that is not one.
+#[test]
+fn plan_prints_the_capacity_of_a_rate() {
+    let out = couponctl(&["plan", "--rate", "100000", "--issued-share", "0.5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("100000"), "{table}");
+    assert!(table.contains("50% of requests issued"), "{table}");
+    let out = couponctl(&["plan", "--rate", "100000", "--rate", "1000000", "--json"]);
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pods = |i: usize| plans[i]["apiPods"].as_u64().expect("apiPods");
+    assert!(pods(1) > pods(0), "{plans}");
+    let dir = std::env::temp_dir().join(format!("plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let report = dir.join("bench.json");
+    std::fs::write(
+        &report,
+        r#"{"costs": {"apiUs": 1000, "redisUs": 10, "brokerUs": 10, "consumerUs": 1, "databaseUs": 1, "drainPerConsumer": 1000000}}"#,
+    )
+    .expect("write");
+    let out = couponctl(&[
+        "plan",
+        "--rate",
+        "1200",
+        "--from",
+        report.to_str().expect("path"),
+        "--json",
+    ]);
+    let plans: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // 1,200/s × 1 ms = 1.2 cores of API: exactly what one 2-core pod at 60 % offers.
+    assert_eq!(plans[0]["apiPods"], 1, "{plans}");
+    std::fs::write(&report, "{}").expect("write");
+    let out = couponctl(&["plan", "--from", report.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a `couponctl bench --json` report"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
