@@ -299,25 +299,33 @@ impl Publisher {
         if self.heal(&generation) {
             generation = self.generation();
         }
-        let producer = generation.producer;
+        let producers: Vec<FutureProducer> = generation.producers().cloned().collect();
         let topic = self.topic.clone();
+        // Every producer, so the batching one is connected and knows the topic before the
+        // first busy moment needs it.
         tokio::task::spawn_blocking(move || {
-            if let Some((code, reason)) = producer.client().fatal_error() {
-                return Err(Error::Unexpected(format!(
-                    "producer in a fatal state ({code:?}): {reason}"
-                )));
-            }
-            let md = producer
-                .client()
-                .fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-            match md.topics().first() {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    Ok(t.partitions().len() as i32)
+            let mut partitions = 0;
+            for producer in &producers {
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    return Err(Error::Unexpected(format!(
+                        "producer in a fatal state ({code:?}): {reason}"
+                    )));
                 }
-                _ => Err(Error::Unexpected(format!(
-                    "topic {topic} does not exist; provision the campaign first"
-                ))),
+                let md = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+                partitions = match md.topics().first() {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                        t.partitions().len() as i32
+                    }
+                    _ => {
+                        return Err(Error::Unexpected(format!(
+                            "topic {topic} does not exist; provision the campaign first"
+                        )));
+                    }
+                };
             }
+            Ok(partitions)
         })
         .await
         .map_err(|e| Error::Unexpected(e.to_string()))?
