@@ -62,21 +62,25 @@ enum Stage {
     Home {
         tries: u8,
     },
-    /// Claimed at home; taking from the `tried`-th sibling.
+    /// Claimed at home; taking from the `tried`-th sibling. `busy`: a sibling already holds a
+    /// unit of this request (another attempt of it, or one settlement has yet to give back).
     Take {
         home: u16,
         epoch: String,
         tried: u16,
+        busy: bool,
     },
     /// Took a unit from `from`; confirming the claim at home.
     Confirm {
         home: u16,
         from: u16,
     },
-    /// Every sibling was dry: drop the claim, answer sold out.
+    /// No sibling gave a unit: drop the claim; sold out, unless a sibling was `busy` with this
+    /// very request (the stock it holds may be this request's: answer "retry").
     Unclaim {
         home: u16,
         epoch: String,
+        busy: bool,
     },
     Done(Decision),
 }
@@ -203,7 +207,12 @@ impl RedisGate {
                     .await?;
                 self.home_answer(a, home, tries, &reply)?
             }
-            Stage::Take { home, epoch, tried } => {
+            Stage::Take {
+                home,
+                epoch,
+                tried,
+                busy,
+            } => {
                 let from = siblings(home, a.shards, a.request_id.as_u128())
                     .nth(usize::from(tried))
                     .ok_or_else(|| Error::Unexpected("no sibling shard left".into()))?;
@@ -215,15 +224,17 @@ impl RedisGate {
                     .arg(a.member())
                     .invoke_async(&mut conn)
                     .await?;
+                let busy = busy || taken == -1;
                 if taken == 1 {
                     Stage::Confirm { home, from }
                 } else if tried + 2 >= a.shards {
-                    Stage::Unclaim { home, epoch }
+                    Stage::Unclaim { home, epoch, busy }
                 } else {
                     Stage::Take {
                         home,
                         epoch,
                         tried: tried + 1,
+                        busy,
                     }
                 }
             }
@@ -248,9 +259,14 @@ impl RedisGate {
                     Stage::Done(Decision::InProgress)
                 }
             }
-            Stage::Unclaim { home, epoch } => {
-                self.unclaim(a, home, &epoch).await?;
-                Stage::Done(Decision::SoldOut)
+            Stage::Unclaim { home, epoch, busy } => {
+                if busy {
+                    self.unclaim(a, home, "").await?;
+                    Stage::Done(Decision::InProgress)
+                } else {
+                    self.unclaim(a, home, &epoch).await?;
+                    Stage::Done(Decision::SoldOut)
+                }
             }
         };
         a.stage = next;
@@ -278,6 +294,7 @@ impl RedisGate {
                 home,
                 epoch: reply_at(reply, 1).to_string(),
                 tried: 0,
+                busy: false,
             }),
             "shards" if tries < 2 => {
                 let k: u16 = reply_at(reply, 1)
