@@ -50,6 +50,16 @@ async fn node(addr: &str) -> redis::aio::MultiplexedConnection {
         .expect("node connection")
 }
 
+/// The slot of coupon 1's first shard in campaign `name`.
+async fn coupon_slot(conn: &mut redis::aio::MultiplexedConnection, name: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(format!("{{{name}:1}}"))
+        .query_async(conn)
+        .await
+        .expect("keyslot")
+}
+
 /// Moves `slot` from `from` to `to` the way `redis-cli --cluster reshard` does.
 async fn migrate(
     slot: u16,
@@ -122,12 +132,7 @@ async fn a_slot_moving_mid_burst_changes_nothing() {
         .unwrap_or_default()
         .to_string();
     let mut conn = node(&seed).await;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(format!("{{{name}:1}}"))
-        .query_async(&mut conn)
-        .await
-        .expect("keyslot");
+    let slot = coupon_slot(&mut conn, &name).await;
     let (all, owner) = masters(&mut conn, slot).await;
     let from = all.iter().find(|m| m.0 == owner).expect("owner").clone();
     let to = all
@@ -177,13 +182,7 @@ async fn a_master_failing_over_mid_burst_changes_nothing() {
     let mut spec = campaign(&name, &[("1", 300)], 3);
     spec.spec.coupons[0].shards = Some(3);
     let stack = Stack::start_on_redis(&coupon_e2e::postgres_url(), spec, &cluster.url()).await;
-    let mut conn = node("127.0.0.1:7310").await;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(format!("{{{name}:1}}"))
-        .query_async(&mut conn)
-        .await
-        .expect("keyslot");
+    let slot = coupon_slot(&mut node("127.0.0.1:7310").await, &name).await;
     let (master, replica) = cluster.master_and_replica(slot);
 
     let burst = join_all((1..=2000u64).map(|user| stack.issue(1, user)));

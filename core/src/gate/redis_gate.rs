@@ -560,18 +560,17 @@ impl RedisGate {
             .await?)
     }
 
-    /// Live quantity and shard count of an existing coupon.
-    async fn live_quantity(&self, campaign: &str, coupon: CouponId) -> Result<(i64, u16)> {
+    /// The quantities of shards 1..k (shard 0's comes with its shard count).
+    async fn other_shards_quantity(&self, campaign: &str, coupon: CouponId, k: u16) -> Result<i64> {
         let mut conn = self.conn.clone();
-        let (q0, k) = self.shard_zero(campaign, coupon).await?;
-        let mut total = q0.unwrap_or(0);
+        let mut total = 0;
         for shard in 1..k {
             let q: Option<i64> = conn
                 .hget(ShardKeys::new(campaign, coupon, shard).coupon, "quantity")
                 .await?;
             total += q.unwrap_or(0);
         }
-        Ok((total, k))
+        Ok(total)
     }
 }
 
@@ -623,14 +622,11 @@ impl StockGate for RedisGate {
         };
         let k = cfg.shards;
         let mut conn = self.conn.clone();
-        let exists: bool = conn
-            .exists(ShardKeys::new(campaign, coupon, 0).coupon)
-            .await?;
-        if exists {
-            let (live, live_k) = self.live_quantity(campaign, coupon).await?;
+        if let (Some(q0), live_k) = self.shard_zero(campaign, coupon).await? {
             if live_k != k {
                 return Ok(Ensured::Reshard { live: live_k });
             }
+            let live = q0 + self.other_shards_quantity(campaign, coupon, k).await?;
             if cfg.quantity < live {
                 return Ok(Ensured::Shrink { live });
             }
