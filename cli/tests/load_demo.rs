@@ -55,8 +55,11 @@ fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
         requests > 100,
         "a 6 s seed run at 100 ms think time sends hundreds: {requests}"
     );
+    // Random users and coupons repeat a (user, coupon) pair now and then (~7 % of runs):
+    // that answer is a correct `already_issued`, not a sell-out.
+    let repeats = r["outcomes"]["already_issued"].as_u64().unwrap_or(0);
     assert_eq!(
-        r["outcomes"]["accepted"].as_u64(),
+        r["outcomes"]["accepted"].as_u64().map(|a| a + repeats),
         Some(requests),
         "no sell-out at this volume"
     );
