@@ -238,20 +238,30 @@ pub async fn verify(
         },
         Some(log) => {
             let stored = ledger.request_ids(input.campaign).await?;
-            let lost = log.accepted.iter().filter(|id| !stored.contains(id)).count();
-            let unexplained = stored
+            let lost: Vec<_> = log.accepted.iter().filter(|id| !stored.contains(id)).collect();
+            let unexplained: Vec<_> = stored
                 .iter()
                 .filter(|id| !log.accepted.contains(id) && !log.ambiguous.contains(id))
-                .count();
+                .collect();
+            // A few ids to look up in the logs.
+            let examples = lost.iter().chain(&unexplained).take(3);
+            let examples: Vec<String> = examples.map(ToString::to_string).collect();
             Check {
                 id: "I4",
                 name: "every 202 stored, every row a 202",
-                status: pass_if(lost == 0 && unexplained == 0),
+                status: pass_if(lost.is_empty() && unexplained.is_empty()),
                 detail: format!(
-                    "{} accepted, {} stored, {lost} accepted but not stored, {unexplained} stored but never accepted ({} ambiguous)",
+                    "{} accepted, {} stored, {} accepted but not stored, {} stored but never accepted ({} ambiguous){}",
                     log.accepted.len(),
                     stored.len(),
-                    log.ambiguous.len()
+                    lost.len(),
+                    unexplained.len(),
+                    log.ambiguous.len(),
+                    if examples.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; e.g. {}", examples.join(", "))
+                    }
                 ),
             }
         }

@@ -429,6 +429,17 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         ),
     ];
     let mut api_env = common.clone();
+    if mock.is_some() {
+        // The mock cluster does not check an idempotent producer's sequence numbers, so after
+        // an injected error it accepts the next request in flight, which a real broker refuses
+        // as out of order; librdkafka, trusting that check, then counts the failed request's
+        // events as delivered ("implicitly acked by subsequent batch success") though they are
+        // in no log. One request in flight per connection keeps the mock's answers possible.
+        api_env.push((
+            "KAFKA_CLIENT_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION".to_string(),
+            "1".to_string(),
+        ));
+    }
     api_env.extend([
         ("REDIS_URL".to_string(), redis_url.clone()),
         ("LISTEN".to_string(), api_addr.clone()),
@@ -611,6 +622,24 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     .await
     .map_err(|e| format!("verify: {e}"))?;
     let mut problems = problems(&report, &clients, balanced_after.is_some());
+    // Where did a lost 202 go? Its event in the topic (then the consumer skipped it), in the
+    // dead-letter topic, or nowhere (the broker acknowledged what it did not keep).
+    let stored = ledger
+        .request_ids(&name)
+        .await
+        .map_err(|e| format!("ledger: {e}"))?;
+    let lost: BTreeSet<Uuid> = clients
+        .accepted
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .copied()
+        .collect();
+    if !lost.is_empty() {
+        for topic in [campaign.topic(), dead_letter_topic(&campaign.topic())] {
+            let found = find_events(&brokers, &topic, &lost).await;
+            problems.push(format!("lost 202s in {topic}: {found}"));
+        }
+    }
     if let Err(e) = probe {
         problems.push(format!("not serving after the faults: {e}"));
     }
@@ -1127,5 +1156,67 @@ impl LoadClient {
             // Paced, so the closed connections do not exhaust loopback's ephemeral ports.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+/// Reads `topic` from the start to its end and says where each of `ids` appears.
+async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    let ids = ids.clone();
+    let scan = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", unique("chaos-scan"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| e.to_string())?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = BTreeMap::new();
+        for p in md.topics().iter().flat_map(|t| t.partitions()) {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, p.id(), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            ends.insert(p.id(), high);
+            tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let mut found: Vec<String> = Vec::new();
+        // Partitions still to read to their end (an empty one is done already).
+        ends.retain(|_, end| *end > 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ends.is_empty() && std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
+            for id in &ids {
+                if text.contains(&id.to_string()) {
+                    found.push(format!("{id} at {}/{}", m.partition(), m.offset()));
+                }
+            }
+            if ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end)
+            {
+                ends.remove(&m.partition());
+            }
+        }
+        Ok(if found.is_empty() {
+            "none of them".into()
+        } else {
+            found.join(", ")
+        })
+    });
+    match scan.await {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => format!("scan failed: {e}"),
+        Err(e) => format!("scan failed: {e}"),
     }
 }
