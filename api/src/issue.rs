@@ -6,7 +6,7 @@ use chrono::Utc;
 use coupon_core::broker::{PublishFailure, Publisher};
 use coupon_core::campaign::CouponId;
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{Decision, StockGate};
+use coupon_core::gate::{Decision, Released, StockGate};
 use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -35,20 +35,21 @@ impl Issuer {
     /// to be unknown).
     pub async fn issue(&self, req: &IssueRequest) -> Result<Accepted, ApiError> {
         let request_id = req.request_id(&self.campaign);
-        let decision = self
+        let (decision, reserved_at) = self
             .gate
-            .reserve(&self.campaign, req.coupon, req.user, request_id)
+            .reserve_stamped(&self.campaign, req.coupon, req.user, request_id)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "gate unreachable");
                 self.undo_unanswered(req, request_id);
                 ApiError::unavailable("the stock gate is unreachable; retry shortly")
             })?;
+        // When this attempt made the reservation (`None`: a replay, which never releases it).
         let fresh = match decision {
-            Decision::Reserved => true,
+            Decision::Reserved => reserved_at,
             // The same request again (same Idempotency-Key): publish the same event again;
             // the ledger is idempotent on its id.
-            Decision::Replay => false,
+            Decision::Replay => None,
             Decision::AlreadyIssued(request_id) => {
                 return Err(ApiError::AlreadyIssued {
                     coupon: req.coupon,
@@ -109,12 +110,12 @@ impl Issuer {
         });
     }
 
-    /// The broker did not acknowledge: undo a certain refusal at once, leave an unknown one to
-    /// settlement.
+    /// The broker did not acknowledge: undo a certain refusal of a fresh reservation at once,
+    /// leave an unknown one to settlement.
     async fn compensate(
         &self,
         e: &IssuanceEvent,
-        fresh: bool,
+        fresh: Option<i64>,
         failure: PublishFailure,
     ) -> ApiError {
         self.metrics
@@ -122,17 +123,29 @@ impl Issuer {
             .with_label_values(&[failure.label()])
             .inc();
         tracing::warn!(request_id = %e.request_id, %failure, "publish not acknowledged");
-        // A replayed request may already be in the log from its first attempt: never release it.
-        if fresh && matches!(failure, PublishFailure::Refused(_)) {
+        // A replayed request may already be in the log from its first attempt: never release
+        // it. Nor a fresh one that a replay (the client's retry beside this attempt) has
+        // touched since: that replay may have published (the gate answers `Refreshed`).
+        if let (Some(reserved_at), PublishFailure::Refused(_)) = (fresh, &failure) {
             match self
                 .gate
-                .release(&self.campaign, e.coupon_id, e.user_id, e.request_id)
+                .release_refused(
+                    &self.campaign,
+                    e.coupon_id,
+                    e.user_id,
+                    e.request_id,
+                    reserved_at,
+                )
                 .await
             {
-                Ok(_) => {
+                Ok(Released::Released) => {
                     return ApiError::unavailable(format!(
                         "the broker refused the request ({failure}); nothing was reserved, retry shortly"
                     ));
+                }
+                // Replayed since, or already settled (perhaps as issued): not ours to undo.
+                Ok(outcome @ (Released::Refreshed | Released::Gone)) => {
+                    tracing::info!(request_id = %e.request_id, ?outcome, "refused publish left to settlement");
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "release failed; settlement will release it")

@@ -120,7 +120,21 @@ pub trait StockGate: Send + Sync {
         coupon: CouponId,
         user: UserId,
         request_id: Uuid,
-    ) -> Result<Decision>;
+    ) -> Result<Decision> {
+        Ok(self
+            .reserve_stamped(campaign, coupon, user, request_id)
+            .await?
+            .0)
+    }
+    /// [`reserve`](Self::reserve), with the time a `Reserved` decision stamped on its
+    /// reservation (on the gate's clock; `None` for every other decision).
+    async fn reserve_stamped(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+    ) -> Result<(Decision, Option<i64>)>;
     /// Undo a reservation held by `request_id`; true when something was released.
     async fn release(
         &self,
@@ -129,6 +143,17 @@ pub trait StockGate: Send + Sync {
         user: UserId,
         request_id: Uuid,
     ) -> Result<bool>;
+    /// Undo a fresh reservation whose publish the broker certainly refused, unless a replay of
+    /// the same request (which may have published) touched it after `reserved_at`: then it is
+    /// left to settlement (`Refreshed`).
+    async fn release_refused(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+        reserved_at: i64,
+    ) -> Result<Released>;
     /// Create the coupon's gate (with `holders` already marked) or grow its quantity.
     async fn ensure(
         &self,
@@ -269,7 +294,7 @@ impl MemoryGate {
             if let Some(holder) = c.holders.get(&user) {
                 return if *holder == request_id {
                     if let Some(at) = c.unsettled.get_mut(&(user, request_id)) {
-                        *at = now_ms;
+                        *at = now_ms.max(*at + 1);
                     }
                     Decision::Replay
                 } else {
@@ -325,14 +350,17 @@ fn now_ms() -> i64 {
 
 #[async_trait]
 impl StockGate for MemoryGate {
-    async fn reserve(
+    async fn reserve_stamped(
         &self,
         campaign: &str,
         coupon: CouponId,
         user: UserId,
         request_id: Uuid,
-    ) -> Result<Decision> {
-        self.reserve_at(campaign, coupon, user, request_id, now_ms())
+    ) -> Result<(Decision, Option<i64>)> {
+        let now = now_ms();
+        let decision = self.reserve_at(campaign, coupon, user, request_id, now)?;
+        let stamp = (decision == Decision::Reserved).then_some(now);
+        Ok((decision, stamp))
     }
 
     async fn release(
@@ -343,6 +371,17 @@ impl StockGate for MemoryGate {
         request_id: Uuid,
     ) -> Result<bool> {
         Ok(self.release_with(campaign, coupon, user, request_id, None)? == Released::Released)
+    }
+
+    async fn release_refused(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+        reserved_at: i64,
+    ) -> Result<Released> {
+        self.release_with(campaign, coupon, user, request_id, Some(reserved_at))
     }
 
     async fn ensure(

@@ -54,6 +54,8 @@ pub struct Attempt {
     /// Tells this attempt's claim from a retry's under the same request id.
     nonce: String,
     stage: Stage,
+    /// When a fresh reservation was made, on the gate's clock (see [`Attempt::reserved_at`]).
+    reserved_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +94,12 @@ impl Attempt {
             Stage::Done(d) => Some(d),
             _ => None,
         }
+    }
+
+    /// The time a `Reserved` decision stamped on its reservation: a replay of the same
+    /// request stamps a later one, so [`StockGate::release_refused`] can tell it happened.
+    pub fn reserved_at(&self) -> Option<i64> {
+        self.reserved_at
     }
 
     fn member(&self) -> String {
@@ -181,6 +189,7 @@ impl RedisGate {
             shards: self.cached_shards(campaign, coupon).unwrap_or(1),
             nonce: format!("{:x}", Uuid::now_v7().as_u128() as u64),
             stage: Stage::Home { tries: 0 },
+            reserved_at: None,
         }
     }
 
@@ -240,7 +249,7 @@ impl RedisGate {
             }
             Stage::Confirm { home, from } => {
                 let keys = a.keys(home);
-                let confirmed: i64 = s
+                let stamped: i64 = s
                     .key(&keys.holders)
                     .key(&keys.unsettled)
                     .arg("confirm")
@@ -250,7 +259,8 @@ impl RedisGate {
                     .arg(&a.nonce)
                     .invoke_async(&mut conn)
                     .await?;
-                if confirmed == 1 {
+                if stamped > 0 {
+                    a.reserved_at = Some(stamped);
                     Stage::Done(Decision::Reserved)
                 } else {
                     // Settlement undid this stalled attempt's claim. Its unit stays for
@@ -282,7 +292,13 @@ impl RedisGate {
     ) -> Result<Stage> {
         let decided = |d| Ok(Stage::Done(d));
         match reply_at(reply, 0) {
-            "reserved" => decided(Decision::Reserved),
+            "reserved" => {
+                a.reserved_at =
+                    Some(reply_at(reply, 1).parse().map_err(|_| {
+                        Error::Unexpected(format!("gate reservation time {reply:?}"))
+                    })?);
+                decided(Decision::Reserved)
+            }
             "replay" => decided(Decision::Replay),
             "already_issued" => decided(Decision::AlreadyIssued(parse_uuid(reply_at(reply, 1))?)),
             "pending" => decided(Decision::InProgress),
@@ -576,17 +592,17 @@ impl RedisGate {
 
 #[async_trait]
 impl StockGate for RedisGate {
-    async fn reserve(
+    async fn reserve_stamped(
         &self,
         campaign: &str,
         coupon: CouponId,
         user: UserId,
         request_id: Uuid,
-    ) -> Result<Decision> {
+    ) -> Result<(Decision, Option<i64>)> {
         let mut attempt = self.begin(campaign, coupon, user, request_id);
         loop {
             match self.step(&mut attempt).await {
-                Ok(Some(decision)) => return Ok(decision),
+                Ok(Some(decision)) => return Ok((decision, attempt.reserved_at())),
                 Ok(None) => {}
                 Err(e) => {
                     self.abandon(&attempt).await;
@@ -607,6 +623,18 @@ impl StockGate for RedisGate {
             .release_home(campaign, coupon, user, request_id, None)
             .await?
             == Released::Released)
+    }
+
+    async fn release_refused(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        user: UserId,
+        request_id: Uuid,
+        reserved_at: i64,
+    ) -> Result<Released> {
+        self.release_home(campaign, coupon, user, request_id, Some(reserved_at))
+            .await
     }
 
     async fn ensure(

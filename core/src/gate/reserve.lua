@@ -37,8 +37,13 @@ if holder then
   end
   if id == ARGV[2] then
     -- A replay publishes again: a settler must wait for this publish too (XX: an entry
-    -- already settled as issued stays settled).
-    redis.call('ZADD', KEYS[3], 'XX', now, ARGV[1] .. ':' .. ARGV[2])
+    -- already settled as issued stays settled). Strictly later than the time it replaces, so
+    -- the first attempt can tell that a replay (which may have published) came after it.
+    local member = ARGV[1] .. ':' .. ARGV[2]
+    local seen = tonumber(redis.call('ZSCORE', KEYS[3], member))
+    if seen then
+      redis.call('ZADD', KEYS[3], 'XX', math.max(now, seen + 1), member)
+    end
     return {'replay', id}
   end
   return {'already_issued', id}
@@ -48,7 +53,8 @@ if tonumber(meta[1]) > 0 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
   -- Recorded so the reservation can be settled without the process that made it.
   redis.call('ZADD', KEYS[3], now, ARGV[1] .. ':' .. ARGV[2])
-  return {'reserved'}
+  -- The reservation's time: the caller's proof that no replay has touched it since.
+  return {'reserved', tostring(now)}
 end
 if shards > 1 then
   local hint = redis.call('HMGET', KEYS[1], 'dry_until', 'epoch')

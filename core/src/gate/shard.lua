@@ -30,9 +30,11 @@ elseif step == 'confirm' then
     return 0
   end
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '>' .. ARGV[4])
-  -- The publish starts now: settlement waits out its deadline from here.
-  redis.call('ZADD', KEYS[2], 'XX', now(), ARGV[2] .. ':' .. ARGV[3])
-  return 1
+  -- The publish starts now: settlement waits out its deadline from here. The time is the
+  -- answer (the reservation's time, as 'reserved' answers it).
+  local at = now()
+  redis.call('ZADD', KEYS[2], 'XX', at, ARGV[2] .. ':' .. ARGV[3])
+  return at
 elseif step == 'unclaim' then
   -- At home: KEYS[1] hash, KEYS[2] holders, KEYS[3] unsettled; ARGV[2] user, ARGV[3] request,
   -- ARGV[4] the epoch the claim saw ('' when abandoning after an error), ARGV[5] hint ms,
