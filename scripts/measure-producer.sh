@@ -71,11 +71,35 @@ run() {
     serve "prod-$stamp-$label-seed" "$@"
     "$bin/couponctl" load --target http://127.0.0.1:18083 --campaign "prod-$stamp-$label-seed" \
         --scenario seed --time-scale "$seed_scale" --quiet --json >"$work/seed.json" || true
+    # The API's own histograms of that run: how much of a request's time is the broker's ack.
+    curl -fsS http://127.0.0.1:18083/metrics >"$work/seed.metrics" || true
     stop
-    python3 - "$work/max.json" "$work/seed.json" "$label" "$((b1 - b0))" "$((r1 - r0))" <<'PY'
-import json, sys
+    python3 - "$work/max.json" "$work/seed.json" "$label" "$((b1 - b0))" "$((r1 - r0))" "$work/seed.metrics" <<'PY'
+import json, re, sys
 mx, seed, label = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
 broker, rest = int(sys.argv[4]), int(sys.argv[5])
+
+def quantile(q, name, match=""):
+    """histogram_quantile over one histogram's cumulative buckets (linear within a bucket)."""
+    buckets = []
+    for line in open(sys.argv[6]):
+        if line.startswith(name + "_bucket") and match in line:
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank, (lo, below) = q * buckets[-1][1], (0.0, 0.0)
+    for le, count in buckets:
+        if count >= rank:
+            if le == float("inf"):
+                return lo * 1000
+            return (lo + (le - lo) * (rank - below) / (count - below)) * 1000
+        lo, below = le, count
+    return float("nan")
+
+server = quantile(0.99, "coupon_api_request_duration_seconds", 'outcome="accepted"')
+publish = quantile(0.99, "coupon_api_publish_duration_seconds")
 accepted = mx.get("outcomes", {}).get("accepted", 0) or 1
 us = lambda ticks: ticks * 1e4 / accepted
 failed = [f"{name}: {c['id']} {c.get('detail', '')[:120]}" for name, r in (("max", mx), ("seed", seed))
@@ -83,7 +107,8 @@ failed = [f"{name}: {c['id']} {c.get('detail', '')[:120]}" for name, r in (("max
 books = "books ok" if mx["passed"] and seed["passed"] else "BOOKS FAILED " + "; ".join(failed)
 print(f"{label:<10} max: {mx['throughput']:>6,.0f} req/s p99 {mx['latencyMs']['p99']:>6.1f} ms"
       f"  api cpu {us(broker + rest):>4.0f} µs/accepted (broker threads {us(broker):>3.0f}, rest {us(rest):>3.0f})"
-      f"  | seed: {seed['throughput']:>4.1f} req/s p50 {seed['latencyMs']['p50']:>5.2f} ms p99 {seed['latencyMs']['p99']:>5.2f} ms  {books}")
+      f"  | seed: {seed['throughput']:>4.1f} req/s p50 {seed['latencyMs']['p50']:>5.2f} ms p99 {seed['latencyMs']['p99']:>5.2f} ms"
+      f" (in the API, accepted p99 ~{server:.1f} ms, broker ack p99 ~{publish:.1f} ms)  {books}")
 PY
 }
 
