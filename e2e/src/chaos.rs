@@ -1188,6 +1188,7 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
         }
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let mut found: Vec<String> = Vec::new();
+        let mut read = 0u64;
         // Partitions still to read to their end (an empty one is done already).
         ends.retain(|_, end| *end > 0);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1195,6 +1196,7 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
             let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
+            read += 1;
             let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
             for id in &ids {
                 if text.contains(&id.to_string()) {
@@ -1208,10 +1210,15 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
                 ends.remove(&m.partition());
             }
         }
-        Ok(if found.is_empty() {
-            "none of them".into()
+        let whole = if ends.is_empty() {
+            format!("all {read} records read")
         } else {
-            found.join(", ")
+            format!("only {read} records read before the scan's deadline")
+        };
+        Ok(if found.is_empty() {
+            format!("none of them ({whole})")
+        } else {
+            format!("{} ({whole})", found.join(", "))
         })
     });
     match scan.await {
