@@ -45,7 +45,7 @@ impl Issuer {
                 ApiError::unavailable("the stock gate is unreachable; retry shortly")
             })?;
         // When this attempt made the reservation (`None`: a replay, which never releases it).
-        let fresh = match decision {
+        let fresh_at = match decision {
             Decision::Reserved => reserved_at,
             // The same request again (same Idempotency-Key): publish the same event again;
             // the ledger is idempotent on its id.
@@ -84,7 +84,7 @@ impl Issuer {
                 coupon_id: req.coupon,
                 user_id: req.user,
             }),
-            Err(failure) => Err(self.compensate(&event, fresh, failure).await),
+            Err(failure) => Err(self.compensate(&event, fresh_at, failure).await),
         }
     }
 
@@ -115,7 +115,7 @@ impl Issuer {
     async fn compensate(
         &self,
         e: &IssuanceEvent,
-        fresh: Option<i64>,
+        fresh_at: Option<i64>,
         failure: PublishFailure,
     ) -> ApiError {
         self.metrics
@@ -126,7 +126,7 @@ impl Issuer {
         // A replayed request may already be in the log from its first attempt: never release
         // it. Nor a fresh one that a replay (the client's retry beside this attempt) has
         // touched since: that replay may have published (the gate answers `Refreshed`).
-        if let (Some(reserved_at), PublishFailure::Refused(_)) = (fresh, &failure) {
+        if let (Some(reserved_at), PublishFailure::Refused(_)) = (fresh_at, &failure) {
             match self
                 .gate
                 .release_refused(

@@ -80,6 +80,8 @@ pub struct VerifyReport {
     pub coupons: Vec<CouponLine>,
     pub partitions: Vec<PartitionLag>,
     pub checks: Vec<Check>,
+    /// Request ids answered 202 that the ledger does not hold (I4; empty without an accepted log).
+    pub not_stored: Vec<Uuid>,
 }
 
 impl VerifyReport {
@@ -229,6 +231,7 @@ pub async fn verify(
         },
     });
 
+    let mut not_stored = Vec::new();
     checks.push(match input.accepted {
         None => Check {
             id: "I4",
@@ -238,15 +241,20 @@ pub async fn verify(
         },
         Some(log) => {
             let stored = ledger.request_ids(input.campaign).await?;
-            let lost: Vec<_> = log.accepted.iter().filter(|id| !stored.contains(id)).collect();
+            let lost: Vec<Uuid> = log
+                .accepted
+                .iter()
+                .filter(|id| !stored.contains(id))
+                .copied()
+                .collect();
             let unexplained: Vec<_> = stored
                 .iter()
                 .filter(|id| !log.accepted.contains(id) && !log.ambiguous.contains(id))
                 .collect();
             // A few ids to look up in the logs.
-            let examples = lost.iter().chain(&unexplained).take(3);
+            let examples = lost.iter().chain(unexplained.iter().copied()).take(3);
             let examples: Vec<String> = examples.map(ToString::to_string).collect();
-            Check {
+            let check = Check {
                 id: "I4",
                 name: "every 202 stored, every row a 202",
                 status: pass_if(lost.is_empty() && unexplained.is_empty()),
@@ -263,7 +271,9 @@ pub async fn verify(
                         format!("; e.g. {}", examples.join(", "))
                     }
                 ),
-            }
+            };
+            not_stored = lost;
+            check
         }
     });
 
@@ -315,6 +325,7 @@ pub async fn verify(
         coupons,
         partitions,
         checks,
+        not_stored,
     })
 }
 

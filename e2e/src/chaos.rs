@@ -624,16 +624,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let mut problems = problems(&report, &clients, balanced_after.is_some());
     // Where did a lost 202 go? Its event in the topic (then the consumer skipped it), in the
     // dead-letter topic, or nowhere (the broker acknowledged what it did not keep).
-    let stored = ledger
-        .request_ids(&name)
-        .await
-        .map_err(|e| format!("ledger: {e}"))?;
-    let lost: BTreeSet<Uuid> = clients
-        .accepted
-        .iter()
-        .filter(|id| !stored.contains(id))
-        .copied()
-        .collect();
+    let lost: BTreeSet<Uuid> = report.not_stored.iter().copied().collect();
     if !lost.is_empty() {
         for topic in [campaign.topic(), dead_letter_topic(&campaign.topic())] {
             let found = find_events(&brokers, &topic, &lost).await;
@@ -1165,7 +1156,7 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
     use rdkafka::message::Message;
     let brokers = brokers.to_string();
     let topic = topic.to_string();
-    let ids = ids.clone();
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
     let scan = tokio::task::spawn_blocking(move || -> Result<String, String> {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &brokers)
@@ -1199,7 +1190,7 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
             read += 1;
             let text = String::from_utf8_lossy(m.payload().unwrap_or_default());
             for id in &ids {
-                if text.contains(&id.to_string()) {
+                if text.contains(id.as_str()) {
                     found.push(format!("{id} at {}/{}", m.partition(), m.offset()));
                 }
             }
@@ -1221,9 +1212,8 @@ async fn find_events(brokers: &str, topic: &str, ids: &BTreeSet<Uuid>) -> String
             format!("{} ({whole})", found.join(", "))
         })
     });
-    match scan.await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => format!("scan failed: {e}"),
-        Err(e) => format!("scan failed: {e}"),
-    }
+    scan.await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .unwrap_or_else(|e| format!("scan failed: {e}"))
 }
