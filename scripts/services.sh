@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Local backing services for tests: Redis, a three-master Redis Cluster (Debian's redis-server
-# on loopback ports 7100-7102), PostgreSQL, MariaDB and a Kafka-compatible broker (tansu,
-# sqlite storage).
+# Local backing services for tests, on loopback: Redis, a three-master Redis Cluster (ports
+# 7100-7102), PostgreSQL 15 and MariaDB (Debian's packages, installed with apt-get when missing),
+# and Apache Kafka 4 (one KRaft node, scripts/kafka.sh; jars resolved by Maven into a cache outside
+# the checkout) with three listeners: PLAINTEXT 9092, SSL 9093, SASL_SSL/SCRAM-SHA-512 9094.
 #
-#   eval "$(scripts/services.sh up)"   start what is missing, print `export` lines on stdout
-#   scripts/services.sh down           stop the tansu broker started by `up` (nothing else)
+#   eval "$(scripts/services.sh up)"   install and start what is missing, print `export` lines
+#   scripts/services.sh down           stop the Kafka node started by `up` (nothing else)
 #   scripts/services.sh status         show what is listening
 #
 # Variables already set in the environment (REDIS_URL, REDIS_CLUSTER_URL, KAFKA_BROKERS,
 # DATABASE_URL, MYSQL_DATABASE_URL) are kept as they are and the matching service is left alone.
+# Besides those, `up` exports the secured Kafka listeners of the node it started:
+# KAFKA_SSL_BROKERS, KAFKA_SASL_BROKERS, KAFKA_CA_FILE (the CA that signed the node),
+# KAFKA_USERS_FILE (user=password lines of its SCRAM users) and KAFKA_DIR (for scripts/kafka.sh).
 # REDIS_CLUSTER_REPLICAS=1 gives every master a replica (ports 7103-7105).
 # SERVICES_TIMEOUT (seconds, default 60) bounds every wait. State lives in $REPO/.services/.
 set -euo pipefail
@@ -22,10 +26,30 @@ PG_PORT=5432
 MYSQL_PORT=3306
 KAFKA_PORT=9092
 DB_NAME=coupons
+SCRIPTS="$REPO/scripts"
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/sbin:/usr/sbin:/sbin"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# need COMMAND PACKAGE...: install Debian's packages when COMMAND is missing (once, quietly).
+APT_UPDATED=
+need() {
+    local cmd=$1
+    shift
+    command -v "$cmd" >/dev/null && return 0
+    command -v apt-get >/dev/null || die "$cmd is missing and this is not a Debian machine: install $*"
+    [[ $(id -u) == 0 ]] || die "$cmd is missing: install $* (apt-get needs root)"
+    log "installing $* with apt-get"
+    local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "$@")
+    if ! "${apt[@]}" >"$STATE/apt.log" 2>&1; then
+        [[ -z $APT_UPDATED ]] || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install $* failed"; }
+        apt-get update -qq >>"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get update failed"; }
+        APT_UPDATED=1
+        "${apt[@]}" >>"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install $* failed"; }
+    fi
+    command -v "$cmd" >/dev/null || die "installed $* but $cmd is still missing"
+}
 
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 
@@ -50,7 +74,7 @@ wait_port() {
 
 start_redis() {
     port_open "$REDIS_PORT" && return 0
-    command -v redis-server >/dev/null || die "redis-server not found"
+    need redis-server redis-server
     log "starting redis"
     redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PORT" --save "" --appendonly no \
         --dir "$STATE" --logfile "$STATE/redis.log" >&2 9>&-
@@ -64,7 +88,8 @@ CLUSTER_MASTERS=3
 # REDIS_CLUSTER_REPLICAS=1), nothing on disk; formed once with redis-cli --cluster create.
 start_redis_cluster() {
     local replicas=${REDIS_CLUSTER_REPLICAS:-0} n port nodes=()
-    command -v redis-cli >/dev/null || die "redis-cli not found"
+    need redis-server redis-server
+    need redis-cli redis-tools
     n=$((CLUSTER_MASTERS * (1 + replicas)))
     for ((i = 0; i < n; i++)); do
         port=$((CLUSTER_BASE_PORT + i))
@@ -92,31 +117,53 @@ start_redis_cluster() {
 
 start_postgres() {
     if ! port_open "$PG_PORT"; then
-        command -v pg_lsclusters >/dev/null || die "PostgreSQL is not running and pg_lsclusters is missing"
+        need pg_lsclusters postgresql postgresql-contrib
         local cluster
         cluster=$(pg_lsclusters --no-header | awk -v p="$PG_PORT" '$3 == p { print $1, $2; exit }')
-        [[ -n $cluster ]] || die "no PostgreSQL cluster configured on port $PG_PORT"
+        if [[ -z $cluster ]]; then
+            local version
+            version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+            [[ -n $version ]] || die "no PostgreSQL server installed"
+            log "creating postgresql cluster $version main on port $PG_PORT"
+            pg_createcluster "$version" main --port "$PG_PORT" >&2 9>&-
+            cluster="$version main"
+        fi
         log "starting postgresql cluster $cluster"
         # shellcheck disable=SC2086
         pg_ctlcluster --skip-systemctl-redirect $cluster start >&2 9>&- || true
         wait_port postgresql "$PG_PORT" "$(pg_lsclusters --no-header | awk -v p="$PG_PORT" '$3 == p { print $7; exit }')"
     fi
-    local pg=(psql -h "$HOST" -p "$PG_PORT" -U "${PGUSER:-postgres}" -d postgres -v ON_ERROR_STOP=1 -qAt)
-    local deadline=$((SECONDS + TIMEOUT))
-    until "${pg[@]}" -c 'select 1' >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { "${pg[@]}" -c 'select 1' >&2 || true; die "cannot connect to postgresql"; }
+    local user=${PGUSER:-postgres} auth=
+    local pg=(psql -h "$HOST" -p "$PG_PORT" -U "$user" -d postgres -v ON_ERROR_STOP=1 -qAt)
+    local deadline=$((SECONDS + TIMEOUT)) err
+    until err=$("${pg[@]}" -c 'select 1' 2>&1 >/dev/null); do
+        if [[ $err == *"password authentication failed"* || $err == *"no password supplied"* ]] &&
+            [[ $(id -u) == 0 && -z ${PGUSER:-} ]]; then
+            # Debian asks for a password over TCP: make a test role through the local socket
+            # (peer authentication for the postgres OS user), as for MariaDB below.
+            log "postgresql: password required over TCP; using role 'ci' created through the socket"
+            runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -c "do \$\$ begin
+                if not exists (select 1 from pg_roles where rolname = 'ci') then
+                    create role ci login superuser password 'ci'; end if; end \$\$" >&2 9>&- ||
+                die "postgresql: could not create the role ci through the socket"
+            user=ci auth=ci:ci
+            pg=(env PGPASSWORD=ci psql -h "$HOST" -p "$PG_PORT" -U ci -d postgres -v ON_ERROR_STOP=1 -qAt)
+            continue
+        fi
+        ((SECONDS < deadline)) || { log "$err"; die "cannot connect to postgresql"; }
         sleep 0.5
     done
     if [[ -z $("${pg[@]}" -c "select 1 from pg_database where datname = '$DB_NAME'") ]]; then
         log "creating postgresql database $DB_NAME"
         "${pg[@]}" -c "create database $DB_NAME" >&2
     fi
-    DATABASE_URL="postgres://${PGUSER:-postgres}@$HOST:$PG_PORT/$DB_NAME"
+    DATABASE_URL="postgres://${auth:-$user}@$HOST:$PG_PORT/$DB_NAME"
 }
 
 start_mariadb() {
     if ! port_open "$MYSQL_PORT"; then
         local bin
+        command -v mysqld >/dev/null || need mariadbd mariadb-server
         bin=$(command -v mariadbd || command -v mysqld) || die "MariaDB is not running and mariadbd is missing"
         log "starting mariadb ($bin)"
         if [[ $(id -u) == 0 ]] && id mysql >/dev/null 2>&1; then
@@ -124,12 +171,11 @@ start_mariadb() {
             sockpath=$(my_print_defaults --mysqld 2>/dev/null | sed -n 's/^--socket=//p' | tail -n 1)
             [[ -z $sockpath ]] || { mkdir -p "$(dirname "$sockpath")"; chown mysql: "$(dirname "$sockpath")"; }
         fi
-        if command -v start-stop-daemon >/dev/null; then
-            start-stop-daemon --start --oknodo --background --exec "$bin" >&2 9>&-
-        else
-            setsid nohup "$bin" >>"$STATE/mariadb.log" 2>&1 </dev/null 9>&- &
-        fi
-        wait_port mariadb "$MYSQL_PORT" "$STATE/mariadb.log"
+        local as=()
+        [[ $(id -u) != 0 ]] || as=(--user=mysql)
+        setsid nohup "$bin" "${as[@]}" >>"$STATE/mariadb.log" 2>&1 </dev/null 9>&- &
+        local pid=$!
+        wait_port mariadb "$MYSQL_PORT" "$STATE/mariadb.log" "$pid"
     fi
     local my=(mariadb --protocol=TCP -h "$HOST" -P "$MYSQL_PORT" -u root)
     command -v mariadb >/dev/null || my[0]=mysql
@@ -155,56 +201,19 @@ start_mariadb() {
     MYSQL_DATABASE_URL="mysql://root@$HOST:$MYSQL_PORT/$DB_NAME"
 }
 
-tansu_pid() {
-    local pid
-    [[ -r $STATE/tansu.pid ]] || return 1
-    pid=$(<"$STATE/tansu.pid")
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && grep -q tansu "/proc/$pid/cmdline" 2>/dev/null &&
-        echo "$pid"
-}
+KAFKA_DIR="$STATE/kafka"
 
-# tansu 0.6's storage task can panic (its idempotent-producer check, "more or less than one
-# row"); the process then accepts connections but answers nothing. Ours is restarted on a fresh
-# database (the old one kept aside): restarted on the same data it would panic again.
-heal_tansu() {
-    local pid
-    pid=$(tansu_pid) || return 0
-    grep -q "panicked" "$STATE/tansu.log" 2>/dev/null || return 0
-    log "tansu (pid $pid) panicked (see $STATE/tansu.log); restarting it on a fresh database"
-    kill "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-    rm -f "$STATE/tansu.pid"
-    local aside
-    aside="$STATE/broken-$(date +%Y%m%d%H%M%S)"
-    mkdir -p "$aside"
-    mv "$STATE"/tansu.db* "$STATE/tansu.log" "$aside/" 2>/dev/null || true
-    for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || break; sleep 0.2; done
-}
-
-start_tansu() {
-    heal_tansu
-    port_open "$KAFKA_PORT" && return 0
-    if ! command -v tansu >/dev/null; then
-        log "tansu not found; installing it with cargo (takes several minutes)"
-        cargo install --locked tansu --features libsql >&2
+start_kafka() {
+    if ! "$SCRIPTS/kafka.sh" pid "$KAFKA_DIR" >/dev/null && port_open "$KAFKA_PORT"; then
+        die "something else listens on $HOST:$KAFKA_PORT; stop it or set KAFKA_BROKERS"
     fi
-    if tansu_pid >/dev/null; then
-        log "tansu (pid $(tansu_pid)) is running but not answering yet"
-    else
-        log "starting tansu (log: $STATE/tansu.log)"
-        (
-            cd "$STATE"
-            # the sqlite path is relative to the working directory
-            setsid nohup tansu broker \
-                --listener-url "tcp://$HOST:$KAFKA_PORT" \
-                --advertised-listener-url "tcp://$HOST:$KAFKA_PORT" \
-                --storage-engine "sqlite://tansu.db" \
-                >>"$STATE/tansu.log" 2>&1 </dev/null 9>&- &
-            echo $! >"$STATE/tansu.pid"
-        )
-    fi
-    wait_port tansu "$KAFKA_PORT" "$STATE/tansu.log" "$(<"$STATE/tansu.pid")"
+    need openssl openssl
+    "$SCRIPTS/kafka.sh" start "$KAFKA_DIR" "$KAFKA_PORT" >/dev/null 9>&-
+    KAFKA_BROKERS="$HOST:$KAFKA_PORT"
+    KAFKA_SSL_BROKERS="$HOST:$((KAFKA_PORT + 1))"
+    KAFKA_SASL_BROKERS="$HOST:$((KAFKA_PORT + 2))"
+    KAFKA_CA_FILE="$KAFKA_DIR/tls/ca.pem"
+    KAFKA_USERS_FILE="$KAFKA_DIR/users.properties"
 }
 
 cmd_up() {
@@ -218,37 +227,31 @@ cmd_up() {
     [[ -n ${REDIS_CLUSTER_URL:-} ]] || start_redis_cluster
     [[ -n ${DATABASE_URL:-} ]] || start_postgres
     [[ -n ${MYSQL_DATABASE_URL:-} ]] || start_mariadb
-    [[ -n ${KAFKA_BROKERS:-} ]] || { start_tansu; KAFKA_BROKERS="$HOST:$KAFKA_PORT"; }
+    [[ -n ${KAFKA_BROKERS:-} ]] || start_kafka
 
     local v
-    for v in REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL; do
-        printf 'export %s=%q\n' "$v" "${!v}"
+    for v in REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL \
+        KAFKA_SSL_BROKERS KAFKA_SASL_BROKERS KAFKA_CA_FILE KAFKA_USERS_FILE; do
+        [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
     done
+    [[ -z ${KAFKA_SSL_BROKERS:-} ]] || printf 'export KAFKA_DIR=%q\n' "$KAFKA_DIR"
 }
 
 cmd_down() {
-    local pid
     mkdir -p "$STATE"
     exec 9>"$STATE/up.lock"
     flock -w 1800 9 || die "could not lock $STATE/up.lock"
-    if pid=$(tansu_pid); then
-        log "stopping tansu (pid $pid)"
-        kill "$pid"
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -0 "$pid" 2>/dev/null && { log "tansu did not exit, killing it"; kill -9 "$pid"; }
-    else
-        log "no tansu broker started by this script is running"
-    fi
-    rm -f "$STATE/tansu.pid"
+    "$SCRIPTS/kafka.sh" stop "$KAFKA_DIR" 9>&-
 }
 
 cmd_status() {
     local name port
-    for name in redis:$REDIS_PORT postgresql:$PG_PORT mariadb:$MYSQL_PORT kafka:$KAFKA_PORT; do
+    for name in redis:$REDIS_PORT postgresql:$PG_PORT mariadb:$MYSQL_PORT kafka:$KAFKA_PORT \
+        kafka-ssl:$((KAFKA_PORT + 1)) kafka-sasl-ssl:$((KAFKA_PORT + 2)); do
         port=${name#*:}
         if port_open "$port"; then echo "${name%%:*} up ($HOST:$port)"; else echo "${name%%:*} down ($HOST:$port)"; fi
     done
-    if pid=$(tansu_pid); then echo "tansu started by this script: pid $pid"; fi
+    if pid=$("$SCRIPTS/kafka.sh" pid "$KAFKA_DIR"); then echo "kafka started by this script: pid $pid ($KAFKA_DIR)"; fi
 }
 
 case "${1:-}" in
