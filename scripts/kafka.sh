@@ -15,6 +15,11 @@
 # users.properties (the SCRAM users created at format time and their passwords: admin, a super
 # user, and coupon-api, coupon-consumer, coupon-operator, which only get what ACLs grant),
 # server.properties, kafka.log, kafka.pid. KAFKA_TIMEOUT (seconds, default 90) bounds the wait.
+#
+# data/ is a link into /dev/shm (KAFKA_DATA_ROOT): KRaft fsyncs its metadata log on every write,
+# and on a disk busy with the databases' own fsyncs the controller stalled for seconds, the
+# broker missed its heartbeats and was fenced. A tmpfs keeps the log across a SIGKILL of the
+# broker, which is what the tests kill; it does not survive a reboot, and need not.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -122,8 +127,23 @@ allow.everyone.if.no.acl.found=false
 EOF
 }
 
+# DIR/data -> KAFKA_DATA_ROOT/<hash of DIR>; a link whose target vanished (a reboot) is a new node.
+link_data() {
+    local dir=$1 root=${KAFKA_DATA_ROOT:-/dev/shm} target
+    [[ -d $root && -w $root ]] || { mkdir -p "$dir/data"; return 0; }
+    target="$root/fcfs-kafka-$(printf '%s' "$dir" | sha256sum | cut -c1-12)"
+    if [[ -L $dir/data && ! -d $target ]]; then
+        rm -f "$dir/data"
+    fi
+    if [[ ! -e $dir/data ]]; then
+        mkdir -p "$target"
+        ln -s "$target" "$dir/data"
+    fi
+}
+
 format_storage() {
     local dir=$1 java user scram=()
+    link_data "$dir"
     [[ -f $dir/data/meta.properties ]] && return 0
     read -r -a java <<<"$(java_cmd)"
     if [[ ! -f $dir/users.properties ]]; then

@@ -122,7 +122,7 @@ start_postgres() {
         cluster=$(pg_lsclusters --no-header | awk -v p="$PG_PORT" '$3 == p { print $1, $2; exit }')
         if [[ -z $cluster ]]; then
             local version
-            version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+            version=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n 1)
             [[ -n $version ]] || die "no PostgreSQL server installed"
             log "creating postgresql cluster $version main on port $PG_PORT"
             pg_createcluster "$version" main --port "$PG_PORT" >&2 9>&-
@@ -209,11 +209,11 @@ start_kafka() {
     fi
     need openssl openssl
     "$SCRIPTS/kafka.sh" start "$KAFKA_DIR" "$KAFKA_PORT" >/dev/null 9>&-
-    KAFKA_BROKERS="$HOST:$KAFKA_PORT"
-    KAFKA_SSL_BROKERS="$HOST:$((KAFKA_PORT + 1))"
-    KAFKA_SASL_BROKERS="$HOST:$((KAFKA_PORT + 2))"
-    KAFKA_CA_FILE="$KAFKA_DIR/tls/ca.pem"
-    KAFKA_USERS_FILE="$KAFKA_DIR/users.properties"
+    # read by cmd_up's export loop through ${!v}
+    # shellcheck disable=SC2034
+    KAFKA_BROKERS="$HOST:$KAFKA_PORT" KAFKA_SSL_BROKERS="$HOST:$((KAFKA_PORT + 1))" \
+        KAFKA_SASL_BROKERS="$HOST:$((KAFKA_PORT + 2))" KAFKA_CA_FILE="$KAFKA_DIR/tls/ca.pem" \
+        KAFKA_USERS_FILE="$KAFKA_DIR/users.properties"
 }
 
 cmd_up() {

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::kafka_node::KafkaNode;
 use crate::{Proxy, campaign, unique};
 
 /// What goes wrong during the load.
@@ -44,7 +45,10 @@ pub enum Fault {
     CutDatabase,
     /// Redis is SIGKILLed and restarted empty (no persistence): the gate is gone.
     RestartRedis,
-    /// The broker is unreachable for 2 s (librdkafka's mock cluster: tansu cannot be killed).
+    /// The Apache Kafka broker is SIGKILLed and started again on the same log directory (a
+    /// private node, so no other test loses its broker).
+    KillBroker,
+    /// The broker is unreachable for 2 s (librdkafka's mock cluster).
     BrokerDown,
     /// The broker refuses produce requests for 2 s (retriable errors, then a refusal).
     BrokerRefuses,
@@ -65,6 +69,9 @@ impl Fault {
         Fault::RestartRedis,
     ];
 
+    /// Faults of a real broker, on a private Apache Kafka node.
+    pub const KAFKA: [Fault; 1] = [Fault::KillBroker];
+
     /// Faults of the broker, injected on librdkafka's mock cluster.
     pub const BROKER: [Fault; 4] = [
         Fault::BrokerDown,
@@ -79,6 +86,7 @@ impl Fault {
 
     pub fn name(self) -> &'static str {
         match self {
+            Fault::KillBroker => "kill-broker",
             Fault::BrokerDown => "broker-down",
             Fault::BrokerRefuses => "broker-refuses",
             Fault::BrokerSlow => "broker-slow",
@@ -94,6 +102,7 @@ impl Fault {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
+            .chain(Self::KAFKA)
             .chain(Self::BROKER)
             .find(|f| f.name() == s)
     }
@@ -309,9 +318,6 @@ impl Drop for Process {
     }
 }
 
-/// The consumer's `session.timeout.ms`.
-const CONSUMER_SESSION: Duration = Duration::from_secs(10);
-
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -342,8 +348,7 @@ const USERS: UserId = 20_000;
 /// Runs the load with the faults, heals, and checks the books.
 pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     // One scenario at a time per process: each measures its own time to balanced books on a
-    // two-core machine, and the shared tansu has panicked (its idempotent-producer check) when
-    // several scenarios killed and restarted producers against it at once.
+    // two-core machine.
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let clock = Arc::new(Clock {
@@ -395,9 +400,21 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     } else {
         None
     };
-    let brokers = mock
-        .as_ref()
-        .map_or_else(|| opts.brokers.clone(), MockCluster::bootstrap_servers);
+    if mock.is_some() && opts.faults.contains(&Fault::KillBroker) {
+        return Err("kill-broker needs a real broker: run it apart from the mock-cluster faults".into());
+    }
+    let mut kafka = if opts.faults.contains(&Fault::KillBroker) {
+        let node = KafkaNode::start(&dir.join("kafka")).await?;
+        clock.note(format!("a private Kafka node on {}", node.brokers()));
+        Some(node)
+    } else {
+        None
+    };
+    let brokers = match (&mock, &kafka) {
+        (Some(mock), _) => mock.bootstrap_servers(),
+        (None, Some(node)) => node.brokers(),
+        (None, None) => opts.brokers.clone(),
+    };
     let topics: Box<dyn TopicAdmin> = match &mock {
         Some(_) => Box::new(PreCreatedTopics(brokers.clone())),
         None => Box::new(KafkaAdmin::new(&brokers).map_err(|e| e.to_string())?),
@@ -557,6 +574,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
                     redis: &mut redis,
                     proxy: &proxy,
                     mock: mock.as_ref(),
+                    kafka: kafka.as_mut(),
                 },
                 &http,
                 &api_addr,
@@ -640,6 +658,12 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     api.kill9();
     consumer.kill9();
     redis.kill9();
+    if let Some(mut node) = kafka.take() {
+        node.kill9().await;
+        if problems.is_empty() {
+            node.remove_data();
+        }
+    }
     let timeline = clock.timeline.lock().map_err(|e| e.to_string())?.clone();
     Ok(ChaosOutcome {
         campaign: name,
@@ -706,6 +730,7 @@ struct Targets<'a> {
     redis: &'a mut Process,
     proxy: &'a Proxy,
     mock: Option<&'a Mock>,
+    kafka: Option<&'a mut KafkaNode>,
 }
 
 async fn inject(
@@ -721,6 +746,7 @@ async fn inject(
         redis,
         proxy,
         mock,
+        kafka,
     } = t;
     if fault.on_broker() {
         let mock = mock.ok_or("a broker fault needs the mock cluster")?;
@@ -738,10 +764,9 @@ async fn inject(
         Fault::KillConsumer => {
             consumer.kill9();
             clock.note("kill -9 coupon-consumer");
-            // tansu 0.6's group coordinator strands a group whose member died and rejoined
-            // within its session (the newcomer is assigned nothing, for good); Kubernetes' restart
-            // back-off is of this order anyway. Real Kafka rebalances either way.
-            tokio::time::sleep(CONSUMER_SESSION + Duration::from_secs(1)).await;
+            // Back within the dead member's session, as a pod restarted at once would be: the
+            // group must rebalance it in.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             consumer.start()?;
             clock.note("coupon-consumer restarted");
         }
@@ -751,6 +776,18 @@ async fn inject(
             tokio::time::sleep(Duration::from_secs(3)).await;
             proxy.restore();
             clock.note("database back");
+        }
+        Fault::KillBroker => {
+            let node = kafka.as_deref_mut().ok_or("kill-broker needs the private Kafka node")?;
+            node.kill9().await;
+            clock.note("kill -9 the Kafka broker");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let restart = Instant::now();
+            node.restart().await?;
+            clock.note(format!(
+                "Kafka broker restarted on its log directory, serving after {:.1} s",
+                restart.elapsed().as_secs_f64()
+            ));
         }
         Fault::RestartRedis => {
             redis.kill9();

@@ -2,6 +2,7 @@
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
 pub mod chaos;
+pub mod kafka_node;
 pub mod redis_cluster;
 pub mod tls;
 

@@ -1,5 +1,5 @@
-//! Chaos under a hot load on real Redis, tansu and both databases: clients hanging up, the API
-//! and the consumer SIGKILLed, the database cut, Redis restarted empty. After healing, every
+//! Chaos under a hot load on real Redis, Apache Kafka and both databases: clients hanging up, the
+//! API, the consumer and the broker SIGKILLed, the database cut, Redis restarted empty. After healing, every
 //! promise holds: every 202 stored, no duplicate, ledger remaining = quantity - issued, gate
 //! remaining = ledger remaining, no coupon answered sold_out with stock left. The outcome (with
 //! the timeline and the time from the last fault to balanced books) is printed.
@@ -56,8 +56,22 @@ async fn every_fault_mariadb() {
     chaos(&Fault::ALL, &mysql_url()).await;
 }
 
+/// The Apache Kafka broker SIGKILLed mid-load and restarted on its log directory, three times:
+/// the API answers 503 while it is gone, settlement decides the unknown outcomes, the books
+/// balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_killed_loses_nothing_postgres() {
+    chaos(&Fault::KAFKA, &postgres_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn broker_killed_loses_nothing_mariadb() {
+    chaos(&Fault::KAFKA, &mysql_url()).await;
+}
+
 /// The broker down, refusing, answering past the delivery deadline, and the idempotent
-/// producer's fatal error, on librdkafka's mock cluster (tansu cannot survive a kill).
+/// producer's fatal error, on librdkafka's mock cluster (faults a real broker cannot be made to
+/// show on demand).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_faults_postgres() {
     chaos(&Fault::BROKER, &postgres_url()).await;

@@ -11,8 +11,9 @@ use coupon_e2e::chaos::{ChaosOptions, Fault, default_bin_dir, run};
 #[derive(Parser)]
 #[command(about = "Faults under a hot load, then the books after healing")]
 struct Args {
-    /// Faults to inject, in turn: hang-ups, kill-api, kill-consumer, cut-database, restart-redis,
-    /// or all.
+    /// Faults to inject, in turn: hang-ups, kill-api, kill-consumer, cut-database, restart-redis
+    /// (all = these five); kill-broker (a private Apache Kafka node, SIGKILLed and restarted);
+    /// broker-down, broker-refuses, broker-slow, producer-fatal (librdkafka's mock cluster).
     #[arg(long = "fault", value_delimiter = ',', default_value = "all")]
     faults: Vec<String>,
     /// The ledger (PostgreSQL or MySQL/MariaDB).
