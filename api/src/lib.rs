@@ -473,12 +473,17 @@ pub async fn run(
         .unwrap_or_else(|| topic_name(&cfg.campaign));
     let publisher = Publisher::with_batching(&kafka, &topic, cfg.timeouts, cfg.batching)
         .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
-    let partitions = publisher.check().await.map_err(|e| {
-        format!(
-            "cannot reach Kafka at {} for topic {topic}: {e}",
-            kafka.brokers
-        )
-    })?;
+    let partitions = match publisher.check().await {
+        Ok(partitions) => partitions,
+        Err(e) => {
+            let why = coupon_core::broker::diagnose(&kafka).await;
+            return Err(format!(
+                "cannot reach Kafka at {} for topic {topic}: {e}{}",
+                kafka.brokers,
+                why.map(|w| format!("; {w}")).unwrap_or_default()
+            ));
+        }
+    };
     let identity = admission.identity.label();
     let state =
         AppState::with_admission(&cfg.campaign, Arc::new(gate), publisher.clone(), admission);

@@ -259,6 +259,10 @@ async fn main() -> ExitCode {
     match execute(&backends, command).await {
         Ok(code) => code,
         Err(e) => {
+            let e = match backends.kafka() {
+                Ok(kafka) => coupon_core::broker::explain(&kafka, e).await,
+                Err(_) => e,
+            };
             eprintln!("couponctl: {e}");
             ExitCode::from(2)
         }

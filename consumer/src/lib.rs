@@ -322,14 +322,16 @@ pub async fn run(
 ) -> Result<(), ConsumerError> {
     coupon_core::campaign::validate_name(&cfg.campaign).map_err(coupon_core::Error::Unexpected)?;
     let ledger = Ledger::connect(database_url, db_connections).await?;
-    coupon_core::broker::partition_count(&cfg.kafka, &cfg.topic())
-        .await?
-        .ok_or_else(|| {
-            coupon_core::Error::Unexpected(format!(
-                "topic {} does not exist on {}; provision the campaign first",
-                cfg.topic(),
-                cfg.kafka.brokers
-            ))
-        })?;
+    let partitions = match coupon_core::broker::partition_count(&cfg.kafka, &cfg.topic()).await {
+        Ok(p) => p,
+        Err(e) => return Err(coupon_core::broker::explain(&cfg.kafka, e).await.into()),
+    };
+    partitions.ok_or_else(|| {
+        coupon_core::Error::Unexpected(format!(
+            "topic {} does not exist on {}; provision the campaign first",
+            cfg.topic(),
+            cfg.kafka.brokers
+        ))
+    })?;
     Worker::new(cfg, ledger, stop)?.run().await
 }

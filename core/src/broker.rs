@@ -569,6 +569,103 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Unexpected(format!("blocking task failed: {e}")))?
 }
 
+/// Why the broker does not answer, in librdkafka's own words: a short-lived client records what
+/// librdkafka reports while it asks for metadata (a refused SASL login, a certificate that does
+/// not verify, a listener that speaks another protocol). For a binary's start-up error; `None`
+/// when the broker answers or nothing specific was reported. Never contains a secret: librdkafka
+/// does not print passwords or keys.
+pub async fn diagnose(kafka: &KafkaConnection) -> Option<String> {
+    let recorder = Recorder::default();
+    let client: BaseConsumer<Recorder> = client_config(kafka)
+        .set("log_level", "3")
+        .create_with_context(recorder)
+        .ok()?;
+    let plaintext = !kafka.properties.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("security.protocol") && !v.eq_ignore_ascii_case("plaintext")
+    });
+    let answered = tokio::task::spawn_blocking(move || {
+        let answered = client.fetch_metadata(None, Duration::from_secs(4)).is_ok();
+        // Errors arrive as events on the client's queue: serve them for a moment.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while !answered && client.context().first().is_none() && std::time::Instant::now() < until {
+            let _ = client.poll(Duration::from_millis(100));
+        }
+        (answered, client)
+    })
+    .await
+    .ok()?;
+    let (answered, client) = answered;
+    if answered {
+        return None;
+    }
+    let reason = client.context().first();
+    match reason {
+        Some(r) => Some(r),
+        None if plaintext => Some(format!(
+            "no answer to Kafka's handshake over PLAINTEXT from {}: if that is a TLS listener, \
+             set security.protocol=SSL or SASL_SSL",
+            kafka.brokers
+        )),
+        None => None,
+    }
+}
+
+/// `error` with [`diagnose`]'s reason when it is a Kafka error and librdkafka said why; else
+/// `error` unchanged. For a binary's edge.
+pub async fn explain(kafka: &KafkaConnection, error: Error) -> Error {
+    let Error::Kafka(e) = error else {
+        return error;
+    };
+    match diagnose(kafka).await {
+        Some(reason) => Error::KafkaUnreachable {
+            brokers: kafka.brokers.clone(),
+            error: e,
+            reason,
+        },
+        None => Error::Kafka(e),
+    }
+}
+
+/// Records librdkafka's connection failures instead of logging them (see [`diagnose`]).
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl Recorder {
+    fn push(&self, line: &str) {
+        if let Ok(mut lines) = self.0.lock()
+            && lines.len() < 16
+        {
+            lines.push(line.to_string());
+        }
+    }
+
+    fn first(&self) -> Option<String> {
+        self.0.lock().ok()?.first().cloned()
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Recorder {}
+
+impl rdkafka::ClientContext for Recorder {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) && facility == "FAIL" {
+            // "[thrd:ssl://host:port/bootstrap]: ssl://host:port/bootstrap: <reason>"
+            let message = match message.strip_prefix("[thrd:") {
+                Some(rest) => rest.split_once("]: ").map_or(message, |(_, m)| m),
+                None => message,
+            };
+            self.push(message);
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.push(reason);
+        }
+    }
+}
+
 /// The end offsets of every partition now, for "drained up to here" checks.
 pub fn end_offsets(lags: &[PartitionLag]) -> Vec<(i32, i64)> {
     lags.iter().map(|p| (p.partition, p.end)).collect()

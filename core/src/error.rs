@@ -16,6 +16,13 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// A Kafka error with what librdkafka said about the connection (see `broker::diagnose`).
+    #[error("kafka at {brokers}: {error}; {reason}")]
+    KafkaUnreachable {
+        brokers: String,
+        error: rdkafka::error::KafkaError,
+        reason: String,
+    },
     #[error("unsupported database url {0:?}: use postgres://, mysql:// or sqlite:")]
     DatabaseUrl(String),
     #[error(
@@ -71,7 +78,7 @@ impl Error {
             Self::Redis(_) => "redis",
             Self::Database(_) => "database",
             Self::Migrate(_) => "migrate",
-            Self::Kafka(_) => "kafka",
+            Self::Kafka(_) | Self::KafkaUnreachable { .. } => "kafka",
             Self::DatabaseUrl(_) => "database_url",
             Self::PartitionDecrease { .. } => "partition_decrease",
             Self::QuantityDecrease { .. } => "quantity_decrease",

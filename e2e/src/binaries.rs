@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use crate::chaos::default_bin_dir;
 use crate::tls::{TempDir, free_port};
-use crate::unique;
 
 /// A workspace binary with no backend from the test's own environment.
 pub fn bin(name: &str) -> Command {
     let mut c = Command::new(default_bin_dir().join(name));
-    for var in ["REDIS_URL", "DATABASE_URL", "KAFKA_BROKERS", "KAFKA_PROPERTIES_FILE"] {
+    for var in [
+        "REDIS_URL",
+        "DATABASE_URL",
+        "KAFKA_BROKERS",
+        "KAFKA_PROPERTIES_FILE",
+    ] {
         c.env_remove(var);
     }
     c.env("RUST_LOG", "warn").stdin(Stdio::null());
@@ -67,14 +71,13 @@ pub struct DropOutcome {
     pub verify: String,
 }
 
-/// Provisions a campaign on `partitions`, provisions it again on `partitions + 1` (the topic
+/// Provisions campaign `name` on `partitions`, provisions it again on `partitions + 1` (the topic
 /// grows), runs `coupon-api` and `coupon-consumer`, a 3 s load, and a green `couponctl verify`.
-pub async fn run_drop(envs: &Environments, prefix: &str, partitions: i32) -> DropOutcome {
-    let dir = TempDir::new(prefix);
-    let name = unique(prefix);
+pub async fn run_drop(envs: &Environments, name: &str, partitions: i32) -> DropOutcome {
+    let dir = TempDir::new(name);
     let manifest = dir.0.join("campaign.yaml");
     for p in [partitions, partitions + 1] {
-        write_manifest(&manifest, &name, p);
+        write_manifest(&manifest, name, p);
         ok(
             &envs
                 .command("couponctl")
@@ -87,14 +90,14 @@ pub async fn run_drop(envs: &Environments, prefix: &str, partitions: i32) -> Dro
     let addr = format!("127.0.0.1:{}", free_port());
     let mut api = Kill(
         envs.command("coupon-api")
-            .env("CAMPAIGN", &name)
+            .env("CAMPAIGN", name)
             .env("LISTEN", &addr)
             .spawn()
             .expect("coupon-api"),
     );
     let _consumer = Kill(
         envs.command("coupon-consumer")
-            .env("CAMPAIGN", &name)
+            .env("CAMPAIGN", name)
             .env("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
             .spawn()
             .expect("coupon-consumer"),
@@ -103,8 +106,21 @@ pub async fn run_drop(envs: &Environments, prefix: &str, partitions: i32) -> Dro
     let accepted = dir.0.join("accepted.txt");
     let out = envs
         .command("couponctl")
-        .args(["load", "--target", &format!("http://{addr}"), "--campaign", &name])
-        .args(["--scenario", "max", "--connections", "16", "--duration", "3s"])
+        .args([
+            "load",
+            "--target",
+            &format!("http://{addr}"),
+            "--campaign",
+            name,
+        ])
+        .args([
+            "--scenario",
+            "max",
+            "--connections",
+            "16",
+            "--duration",
+            "3s",
+        ])
         .args(["--users", "500", "--quiet", "--accepted"])
         .arg(&accepted)
         .output()
@@ -114,15 +130,25 @@ pub async fn run_drop(envs: &Environments, prefix: &str, partitions: i32) -> Dro
     let verify = ok(
         &envs
             .command("couponctl")
-            .args(["verify", "--campaign", &name, "--wait-drain", "30", "--accepted"])
+            .args([
+                "verify",
+                "--campaign",
+                name,
+                "--wait-drain",
+                "30",
+                "--accepted",
+            ])
             .arg(&accepted)
             .output()
             .expect("couponctl verify"),
         "couponctl verify",
     );
-    assert!(verify.contains("PASS") && !verify.contains("FAIL"), "{verify}");
+    assert!(
+        verify.contains("PASS") && !verify.contains("FAIL"),
+        "{verify}"
+    );
     DropOutcome {
-        campaign: name,
+        campaign: name.to_string(),
         accepted: accepted_ids.lines().count(),
         verify,
     }

@@ -129,10 +129,18 @@ pub struct ChaosOptions {
 impl ChaosOptions {
     pub fn new(faults: &[Fault], database_url: &str) -> Self {
         let periodic = faults.iter().filter(|f| **f != Fault::HangUps).count();
+        let rounds = periodic.max(3);
+        // A killed broker takes seconds to come back (a JVM start, then its old registration's
+        // session must expire): each round gets that long on top, so the books heal under load.
+        let broker_restarts = if faults.contains(&Fault::KillBroker) {
+            8 * rounds as u64
+        } else {
+            0
+        };
         Self {
             faults: faults.to_vec(),
-            rounds: periodic.max(3),
-            load: Duration::from_secs(24 + 4 * periodic.saturating_sub(1) as u64),
+            rounds,
+            load: Duration::from_secs(24 + 4 * periodic.saturating_sub(1) as u64 + broker_restarts),
             database_url: database_url.to_string(),
             brokers: crate::kafka_brokers(),
             bin_dir: default_bin_dir(),
@@ -401,7 +409,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         None
     };
     if mock.is_some() && opts.faults.contains(&Fault::KillBroker) {
-        return Err("kill-broker needs a real broker: run it apart from the mock-cluster faults".into());
+        return Err(
+            "kill-broker needs a real broker: run it apart from the mock-cluster faults".into(),
+        );
     }
     let mut kafka = if opts.faults.contains(&Fault::KillBroker) {
         let node = KafkaNode::start(&dir.join("kafka")).await?;
@@ -561,9 +571,12 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         .saturating_sub(opts.settle_after() * 2 + Duration::from_secs(4));
     let mut last_fault = Instant::now();
     if !periodic.is_empty() && opts.rounds > 0 {
+        // On a fixed schedule, so a slow recovery (a broker restart) does not push the later
+        // faults past the load's end.
         let step = fault_window / (opts.rounds as u32 + 1);
+        let faults_from = Instant::now();
         for round in 0..opts.rounds {
-            tokio::time::sleep(step).await;
+            tokio::time::sleep_until(faults_from + step * (round as u32 + 1)).await;
             let fault = periodic[round % periodic.len()];
             inject(
                 fault,
@@ -778,7 +791,9 @@ async fn inject(
             clock.note("database back");
         }
         Fault::KillBroker => {
-            let node = kafka.as_deref_mut().ok_or("kill-broker needs the private Kafka node")?;
+            let node = kafka
+                .as_deref_mut()
+                .ok_or("kill-broker needs the private Kafka node")?;
             node.kill9().await;
             clock.note("kill -9 the Kafka broker");
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,6 +1,7 @@
 //! Test kit: the real API and consumer code wired to real backends, one isolated campaign per
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
+pub mod binaries;
 pub mod chaos;
 pub mod kafka_node;
 pub mod redis_cluster;
