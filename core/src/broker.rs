@@ -619,7 +619,7 @@ pub async fn explain(kafka: &KafkaConnection, error: Error) -> Error {
     match diagnose(kafka).await {
         Some(reason) => Error::KafkaUnreachable {
             brokers: kafka.brokers.clone(),
-            error: e,
+            error: e.to_string(),
             reason,
         },
         None => Error::Kafka(e),

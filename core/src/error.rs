@@ -20,7 +20,7 @@ pub enum Error {
     #[error("kafka at {brokers}: {error}; {reason}")]
     KafkaUnreachable {
         brokers: String,
-        error: rdkafka::error::KafkaError,
+        error: String,
         reason: String,
     },
     #[error("unsupported database url {0:?}: use postgres://, mysql:// or sqlite:")]

@@ -1,11 +1,15 @@
 //! A private Apache Kafka node for tests that must kill or reconfigure the broker without
 //! touching the shared one: `scripts/kafka.sh` formats a directory of its own and starts one
 //! KRaft node on four loopback ports (PLAINTEXT, SSL, SASL_SSL, controller). SIGKILL and a
-//! restart on the same log directory are what the broker-kill chaos does.
+//! restart on the same log directory are what the broker-kill chaos does. Also the shared
+//! node's secured listeners and its ACLs, for the SSL, SASL and least-privilege tests.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
+use rdkafka::ClientConfig;
 use tokio::process::Command;
 
 /// `scripts/kafka.sh` of this checkout (`KAFKA_SH` overrides it).
@@ -111,4 +115,117 @@ fn four_free_ports() -> Result<u16, String> {
         }
     }
     Err("no four consecutive free loopback ports".into())
+}
+
+/// The secured listeners of the suite's broker (`scripts/services.sh up` exports them).
+pub struct Listeners {
+    pub ssl: String,
+    pub sasl: String,
+    pub ca: PathBuf,
+    pub users: HashMap<String, String>,
+}
+
+pub fn listeners() -> Listeners {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run the tests through scripts/test.sh (services.sh starts the secured listeners)")
+        })
+    };
+    let users = std::fs::read_to_string(var("KAFKA_USERS_FILE")).expect("the SCRAM users file");
+    Listeners {
+        ssl: var("KAFKA_SSL_BROKERS"),
+        sasl: var("KAFKA_SASL_BROKERS"),
+        ca: var("KAFKA_CA_FILE").into(),
+        users: users
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect(),
+    }
+}
+
+impl Listeners {
+    /// The `KAFKA_CLIENT_*` variables of a SCRAM user on the SASL_SSL listener.
+    pub fn sasl_env(&self, user: &str, password: &str) -> Vec<(String, String)> {
+        vec![
+            ("KAFKA_BROKERS".into(), self.sasl.clone()),
+            ("KAFKA_CLIENT_SECURITY_PROTOCOL".into(), "SASL_SSL".into()),
+            ("KAFKA_CLIENT_SASL_MECHANISM".into(), "SCRAM-SHA-512".into()),
+            ("KAFKA_CLIENT_SASL_USERNAME".into(), user.into()),
+            ("KAFKA_CLIENT_SASL_PASSWORD".into(), password.into()),
+            (
+                "KAFKA_CLIENT_SSL_CA_LOCATION".into(),
+                self.ca.display().to_string(),
+            ),
+        ]
+    }
+
+    pub fn user_env(&self, user: &str) -> Vec<(String, String)> {
+        self.sasl_env(user, &self.users[user])
+    }
+
+    pub fn client(&self, user: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.user_env(user) {
+            match k.strip_prefix("KAFKA_CLIENT_") {
+                Some(prop) => c.set(prop.to_lowercase().replace('_', "."), v),
+                None => c.set("bootstrap.servers", v),
+            };
+        }
+        c
+    }
+}
+
+/// `kafka-acls --add` through the broker's own AclCommand, on the PLAINTEXT listener (whose
+/// ANONYMOUS principal is a super user on the test broker).
+pub fn grant(user: &str, operations: &[&str], resources: &[(&str, &str)]) {
+    let mut c = std::process::Command::new(kafka_script());
+    c.args(["tool", "org.apache.kafka.tools.AclCommand"])
+        .args(["--bootstrap-server", &crate::kafka_brokers(), "--add"])
+        .args(["--allow-principal", &format!("User:{user}")]);
+    for op in operations {
+        c.args(["--operation", op]);
+    }
+    for (kind, name) in resources {
+        c.args([&format!("--{kind}"), *name]);
+    }
+    let out = c.output().expect("kafka.sh tool runs");
+    assert!(
+        out.status.success(),
+        "AclCommand for {user}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The least privilege each workload needs on one campaign (what the README lists).
+pub fn grant_campaign(campaign: &str) {
+    let topic = topic_name(campaign);
+    let dlq = dead_letter_topic(&topic);
+    let group = consumer_group(campaign);
+    std::thread::scope(|s| {
+        s.spawn(|| grant("coupon-api", &["Write", "Describe"], &[("topic", &topic)]));
+        s.spawn(|| {
+            grant(
+                "coupon-consumer",
+                &["Read", "Describe"],
+                &[("topic", &topic), ("group", &group)],
+            );
+        });
+        s.spawn(|| {
+            grant(
+                "coupon-consumer",
+                &["Write", "Describe"],
+                &[("topic", &dlq)],
+            )
+        });
+        s.spawn(|| {
+            grant(
+                "coupon-operator",
+                &["Create", "Alter", "Describe", "DescribeConfigs"],
+                &[("topic", &topic), ("topic", &dlq)],
+            );
+        });
+        s.spawn(|| grant("coupon-operator", &["Describe"], &[("group", &group)]));
+    });
 }

@@ -6,13 +6,11 @@
 //! consumer's principal cannot produce, the API's cannot read.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
+use coupon_core::campaign::{consumer_group, topic_name};
 use coupon_e2e::binaries::{Environments, bin, run_drop};
-use coupon_e2e::kafka_node::kafka_script;
+use coupon_e2e::kafka_node::{grant_campaign, listeners};
 use coupon_e2e::tls::{Pki, TempDir, free_port};
 use coupon_e2e::unique;
 use rdkafka::ClientConfig;
@@ -21,125 +19,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-/// The secured listeners of the suite's broker.
-struct Listeners {
-    ssl: String,
-    sasl: String,
-    ca: PathBuf,
-    users: HashMap<String, String>,
-}
-
-fn listeners() -> Listeners {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: run the tests through scripts/test.sh (services.sh starts the secured listeners)")
-        })
-    };
-    let users = std::fs::read_to_string(var("KAFKA_USERS_FILE")).expect("the SCRAM users file");
-    Listeners {
-        ssl: var("KAFKA_SSL_BROKERS"),
-        sasl: var("KAFKA_SASL_BROKERS"),
-        ca: var("KAFKA_CA_FILE").into(),
-        users: users
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(u, p)| (u.to_string(), p.to_string()))
-            .collect(),
-    }
-}
-
-impl Listeners {
-    /// The `KAFKA_CLIENT_*` variables of a SCRAM user on the SASL_SSL listener.
-    fn sasl_env(&self, user: &str, password: &str) -> Vec<(String, String)> {
-        vec![
-            ("KAFKA_BROKERS".into(), self.sasl.clone()),
-            ("KAFKA_CLIENT_SECURITY_PROTOCOL".into(), "SASL_SSL".into()),
-            ("KAFKA_CLIENT_SASL_MECHANISM".into(), "SCRAM-SHA-512".into()),
-            ("KAFKA_CLIENT_SASL_USERNAME".into(), user.into()),
-            ("KAFKA_CLIENT_SASL_PASSWORD".into(), password.into()),
-            (
-                "KAFKA_CLIENT_SSL_CA_LOCATION".into(),
-                self.ca.display().to_string(),
-            ),
-        ]
-    }
-
-    fn user_env(&self, user: &str) -> Vec<(String, String)> {
-        self.sasl_env(user, &self.users[user])
-    }
-
-    fn client(&self, user: &str) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        for (k, v) in self.user_env(user) {
-            match k.strip_prefix("KAFKA_CLIENT_") {
-                Some(prop) => c.set(prop.to_lowercase().replace('_', "."), v),
-                None => c.set("bootstrap.servers", v),
-            };
-        }
-        c
-    }
-}
-
 /// Redis and the ledger from the suite's services; Kafka is each test's business.
 fn backends() -> Vec<(String, String)> {
     vec![
         ("REDIS_URL".into(), coupon_e2e::redis_url()),
         ("DATABASE_URL".into(), coupon_e2e::postgres_url()),
     ]
-}
-
-/// `kafka-acls --add` through the broker's own AclCommand, on the PLAINTEXT listener (whose
-/// ANONYMOUS principal is a super user on the test broker).
-fn grant(user: &str, operations: &[&str], resources: &[(&str, &str)]) {
-    let mut c = Command::new(kafka_script());
-    c.args(["tool", "org.apache.kafka.tools.AclCommand"])
-        .args(["--bootstrap-server", &coupon_e2e::kafka_brokers(), "--add"])
-        .args(["--allow-principal", &format!("User:{user}")]);
-    for op in operations {
-        c.args(["--operation", op]);
-    }
-    for (kind, name) in resources {
-        c.args([&format!("--{kind}"), *name]);
-    }
-    let out = c.output().expect("kafka.sh tool runs");
-    assert!(
-        out.status.success(),
-        "AclCommand for {user}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The least privilege each workload needs on one campaign (what the README lists).
-fn grant_campaign(campaign: &str) {
-    let topic = topic_name(campaign);
-    let dlq = dead_letter_topic(&topic);
-    let group = consumer_group(campaign);
-    std::thread::scope(|s| {
-        s.spawn(|| grant("coupon-api", &["Write", "Describe"], &[("topic", &topic)]));
-        s.spawn(|| {
-            grant(
-                "coupon-consumer",
-                &["Read", "Describe"],
-                &[("topic", &topic), ("group", &group)],
-            );
-        });
-        s.spawn(|| {
-            grant(
-                "coupon-consumer",
-                &["Write", "Describe"],
-                &[("topic", &dlq)],
-            )
-        });
-        s.spawn(|| {
-            grant(
-                "coupon-operator",
-                &["Create", "Alter", "Describe", "DescribeConfigs"],
-                &[("topic", &topic), ("topic", &dlq)],
-            );
-        });
-        s.spawn(|| grant("coupon-operator", &["Describe"], &[("group", &group)]));
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +136,9 @@ fn partitions(campaign: &str) -> usize {
     md.topics()[0].partitions().len()
 }
 
+/// What is wrong, the Kafka variables that are wrong that way, what the error must say.
+type WrongCase = (&'static str, Vec<(String, String)>, &'static [&'static str]);
+
 /// Each way of getting the connection wrong, for each binary that reaches Kafka at start: it
 /// exits within a bound, says what is wrong, and prints no secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +147,7 @@ async fn wrong_credentials_fail_at_start_clearly_and_print_no_secret() {
     let pki = Pki::new();
     let secret = "wrong-hunter2-password";
     let stranger = pki.stranger_ca().display().to_string();
-    let cases: Vec<(&str, Vec<(String, String)>, &[&str])> = vec![
+    let cases: Vec<WrongCase> = vec![
         (
             "a wrong SCRAM password",
             l.sasl_env("coupon-api", secret),

@@ -1,5 +1,6 @@
 //! Reconcile against a fake API server (an in-memory store behind a tower service, recording
-//! every request), while provisioning, lag and scaling run on real Redis, tansu and PostgreSQL.
+//! every request), while provisioning, lag and scaling run on real Redis, Apache Kafka and
+//! PostgreSQL.
 //! The connection Secret the fake serves points at those real services.
 
 mod common;
@@ -475,9 +476,11 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
 }
 
 /// `connections.tls` and `connections.kafkaProperties` name Secrets: the operator reaches a
-/// Redis with only a TLS port (client certificate, ACL user) and a PostgreSQL that refuses plain
-/// connections through the TLS Secret's files (the URLs' /etc/coupon/tls prefix swapped for its
-/// private copy), provisions the campaign there, and mounts both Secrets into its workloads.
+/// Redis with only a TLS port (client certificate, ACL user), a PostgreSQL that refuses plain
+/// connections and Kafka's SASL_SSL listener as its own SCRAM principal (only the ACLs of this
+/// campaign's topics and group) through the TLS Secret's files (the /etc/coupon/tls prefix
+/// swapped for its private copy), provisions the campaign there, grows its topic, reads its
+/// lag, and mounts both Secrets into its workloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads() {
     use coupon_core::backends::RedisConnection;
@@ -487,6 +490,8 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
     let redis = TlsRedis::start(&pki);
     let pg = TlsPostgres::start(&pki).expect("PostgreSQL server binaries");
     let name = coupon_e2e::unique("op-tls");
+    let kafka = coupon_e2e::kafka_node::listeners();
+    coupon_e2e::kafka_node::grant_campaign(&name);
     let secret = |key: &str| json!({"name": "secured", "key": key});
     let api = cluster(
         &name,
@@ -514,18 +519,24 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
         "secured",
         json!({
             "REDIS_URL": b64(&redis.url()),
-            "KAFKA_BROKERS": b64(&coupon_e2e::kafka_brokers()),
+            "KAFKA_BROKERS": b64(&kafka.sasl),
             "DATABASE_URL": b64(&pg.url("sslmode=verify-full&sslrootcert=/etc/coupon/tls/ca.pem")),
         }),
     );
     let pem = |f: &str| b64(&std::fs::read_to_string(pki.path(f)).expect("pem"));
     put_secret(
         "coupon-tls",
-        json!({"ca.pem": pem("ca.pem"), "client.pem": pem("client.pem"), "client.key": pem("client.key")}),
+        json!({"ca.pem": pem("ca.pem"), "client.pem": pem("client.pem"), "client.key": pem("client.key"),
+               "kafka-ca.pem": b64(&std::fs::read_to_string(&kafka.ca).expect("kafka CA"))}),
+    );
+    let properties = format!(
+        "client.id=coupon-operator-tls-test\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+         sasl.username=coupon-operator\nsasl.password={}\nssl.ca.location=/etc/coupon/tls/kafka-ca.pem\n",
+        kafka.users["coupon-operator"]
     );
     put_secret(
         "kafka-client",
-        json!({"client.properties": b64("client.id=coupon-operator-tls-test\nsocket.keepalive.enable=true\n")}),
+        json!({"client.properties": b64(&properties)}),
     );
     let ctx = Arc::new(Context::new(api.client()));
     run(&api, &ctx, &name).await;
@@ -533,6 +544,24 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
     let status = api.get(&cc_path(&name))["status"].clone();
     assert_eq!(status["phase"], "Live", "{status}");
     assert_eq!(status["quantity"].as_i64(), Some(30), "{status}");
+    assert!(
+        status["lag"].is_number(),
+        "lag read over SASL_SSL: {status}"
+    );
+
+    // The topic grows through the operator's principal.
+    let mut cc = api.get(&cc_path(&name));
+    cc["spec"]["topic"]["partitions"] = json!(3);
+    cc["metadata"]["generation"] = json!(2);
+    api.put(&cc_path(&name), cc);
+    run(&api, &ctx, &name).await;
+    assert_eq!(
+        partition_count(&coupon_e2e::kafka_brokers(), &topic_name(&name))
+            .await
+            .expect("md"),
+        Some(3),
+        "grown over SASL_SSL"
+    );
 
     // The stock went to the TLS Redis (and nowhere else reachable without the certificate).
     let tls = RedisConnection::new(redis.url())
