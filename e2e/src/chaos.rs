@@ -530,6 +530,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     // The load.
     let log = Arc::new(Mutex::new(ClientLog::default()));
     let load_end = Instant::now() + opts.load;
+    let stop_load = CancellationToken::new();
     let hang_ups = opts.faults.contains(&Fault::HangUps);
     let mut clients = Vec::new();
     for i in 0..opts.clients {
@@ -539,7 +540,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             addr: api_addr.clone(),
             campaign: name.clone(),
             log: log.clone(),
-            end: load_end,
+            stop: stop_load.clone(),
             rng: SmallRng::seed_from_u64(i as u64 * 7919 + 1),
         };
         clients.push(if impatient {
@@ -596,6 +597,19 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             last_fault = Instant::now();
         }
     }
+    // The load goes on until the faults' doubtful reservations are settled: stock that comes
+    // back must meet users still asking (a drop's demand outlasts a short outage), else a
+    // coupon that answered sold_out would end with stock left and I5 could not be judged.
+    tokio::time::sleep_until(load_end).await;
+    let faults_over_ms = gate.clock_ms().await.unwrap_or(0);
+    let patience = Instant::now() + Duration::from_secs(60);
+    while !doubts_settled(&gate, &name, faults_over_ms).await && Instant::now() < patience {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if Instant::now() > load_end + Duration::from_secs(1) {
+        clock.note("load kept on until the faults' reservations were settled");
+    }
+    stop_load.cancel();
     for c in clients {
         let _ = c.await;
     }
@@ -1033,6 +1047,17 @@ async fn heal_loop(
     }
 }
 
+/// Whether no reservation made at or before `before_ms` (gate clock) is still unsettled.
+async fn doubts_settled(gate: &RedisGate, campaign: &str, before_ms: i64) -> bool {
+    for coupon in 1..=PROBE_COUPON {
+        match gate.unsettled(campaign, coupon, 0, 0).await {
+            Ok(u) if u.oldest_ms.is_none_or(|t| t > before_ms) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Waits (at most 120 s) until the topic is drained, nothing is unsettled and every coupon's
 /// gate agrees with the ledger.
 async fn wait_balanced(
@@ -1081,7 +1106,7 @@ struct LoadClient {
     addr: String,
     campaign: String,
     log: Arc<Mutex<ClientLog>>,
-    end: Instant,
+    stop: CancellationToken,
     rng: SmallRng,
 }
 
@@ -1105,7 +1130,7 @@ impl LoadClient {
 
     /// A real client: on a lost answer or a 503 it retries with the same key, then gives up.
     async fn patient_loop(mut self) {
-        while Instant::now() < self.end {
+        while !self.stop.is_cancelled() {
             let (coupon, user, key) = self.pick();
             let id = keyed_request_id(&self.campaign, coupon, user, &key);
             let url = format!("http://{}/api/coupons/{coupon}/issue", self.addr);
@@ -1176,7 +1201,7 @@ impl LoadClient {
 
     /// An impatient client: sends the request and closes the connection within 0-4 ms.
     async fn hang_up_loop(mut self) {
-        while Instant::now() < self.end {
+        while !self.stop.is_cancelled() {
             let (coupon, user, key) = self.pick();
             let id = keyed_request_id(&self.campaign, coupon, user, &key);
             let body = format!(r#"{{"userId":{user}}}"#);

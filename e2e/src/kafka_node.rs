@@ -102,13 +102,18 @@ impl Drop for KafkaNode {
     }
 }
 
-/// A base port whose next three are free too.
+/// A base port whose next three are free too, below the ephemeral range: a killed node's
+/// ports must still be free when it restarts, and the load's outgoing connections take
+/// ephemeral ports (one once took a restarting node's SSL port).
 fn four_free_ports() -> Result<u16, String> {
-    for _ in 0..50 {
-        let base = crate::tls::free_port();
-        if base > u16::MAX - 4 {
-            continue;
-        }
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_from.saturating_sub(4).max(10_100));
+    let mut rng = rand::rng();
+    for _ in 0..200 {
+        let base = rand::Rng::random_range(&mut rng, low..high);
         let free = (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return Ok(base);

@@ -99,9 +99,10 @@ fn secret_env(var: &str, s: &SecretKey) -> EnvVar {
 }
 
 /// The secured-connection files of `conn` as read-only Secret volumes, their mounts and the
-/// variables that point the binaries at them.
+/// variables that point the binaries at them; `kafka_properties` is the workload's own.
 pub fn secured_files(
     conn: &Connections,
+    kafka_properties: Option<&SecretKey>,
     jwks: Option<&SecretKey>,
 ) -> (Vec<Volume>, Vec<VolumeMount>, Vec<EnvVar>) {
     let (mut volumes, mut mounts, mut env) = (Vec::new(), Vec::new(), Vec::new());
@@ -139,7 +140,7 @@ pub fn secured_files(
     for (volume, key, path, var) in [
         (
             "kafka-properties",
-            conn.kafka_properties.as_ref(),
+            kafka_properties,
             KAFKA_PROPERTIES_PATH,
             "KAFKA_PROPERTIES_FILE",
         ),
@@ -260,11 +261,15 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
             http_probe("/healthz", CONSUMER_METRICS_PORT),
         ),
     };
-    let jwks = match c {
-        Component::Api => cc.spec.api.jwt.as_ref().and_then(|j| j.jwks.as_ref()),
-        Component::Consumer => None,
+    let (own_properties, jwks) = match c {
+        Component::Api => (
+            conn.api_kafka_properties.as_ref(),
+            cc.spec.api.jwt.as_ref().and_then(|j| j.jwks.as_ref()),
+        ),
+        Component::Consumer => (conn.consumer_kafka_properties.as_ref(), None),
     };
-    let (volumes, mounts, secured_env) = secured_files(conn, jwks);
+    let kafka_properties = own_properties.or(conn.kafka_properties.as_ref());
+    let (volumes, mounts, secured_env) = secured_files(conn, kafka_properties, jwks);
     let mut env = env;
     env.extend(secured_env);
     env.push(plain_env("CAMPAIGN", &cc.name_any()));

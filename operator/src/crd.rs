@@ -70,6 +70,14 @@ pub struct Connections {
     /// the workloads at /etc/coupon/kafka/client.properties.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_properties: Option<SecretKey>,
+    /// The API's own properties file, mounted in its pods instead of `kafkaProperties`: its
+    /// principal needs only Write and Describe on the campaign's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_kafka_properties: Option<SecretKey>,
+    /// The consumer's own properties file, mounted in its pods instead of `kafkaProperties`: its
+    /// principal needs Read on the topic and the group, Write on the dead-letter topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_kafka_properties: Option<SecretKey>,
     /// PEM files (CAs, client certificates and keys) mounted read-only at /etc/coupon/tls; URLs
     /// and Kafka properties refer to them as /etc/coupon/tls/KEY.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +118,8 @@ impl Default for Connections {
             kafka: key("KAFKA_BROKERS"),
             database: key("DATABASE_URL"),
             kafka_properties: None,
+            api_kafka_properties: None,
+            consumer_kafka_properties: None,
             tls: None,
         }
     }

@@ -502,6 +502,8 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
                 "kafka": secret("KAFKA_BROKERS"),
                 "database": secret("DATABASE_URL"),
                 "kafkaProperties": {"name": "kafka-client", "key": "client.properties"},
+                "apiKafkaProperties": {"name": "kafka-api", "key": "client.properties"},
+                "consumerKafkaProperties": {"name": "kafka-consumer", "key": "client.properties"},
                 "tls": {"secretName": "coupon-tls", "redisCa": "ca.pem",
                         "redisClientCert": "client.pem", "redisClientKey": "client.key"}
             }}),
@@ -529,15 +531,20 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
         json!({"ca.pem": pem("ca.pem"), "client.pem": pem("client.pem"), "client.key": pem("client.key"),
                "kafka-ca.pem": b64(&std::fs::read_to_string(&kafka.ca).expect("kafka CA"))}),
     );
-    let properties = format!(
-        "client.id=coupon-operator-tls-test\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
-         sasl.username=coupon-operator\nsasl.password={}\nssl.ca.location=/etc/coupon/tls/kafka-ca.pem\n",
-        kafka.users["coupon-operator"]
-    );
-    put_secret(
-        "kafka-client",
-        json!({"client.properties": b64(&properties)}),
-    );
+    // Each workload its own principal: the operator's here, the API's and the consumer's
+    // mounted into their pods.
+    for (secret_name, user) in [
+        ("kafka-client", "coupon-operator"),
+        ("kafka-api", "coupon-api"),
+        ("kafka-consumer", "coupon-consumer"),
+    ] {
+        let properties = format!(
+            "client.id={user}-tls-test\nsecurity.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\n\
+             sasl.username={user}\nsasl.password={}\nssl.ca.location=/etc/coupon/tls/kafka-ca.pem\n",
+            kafka.users[user]
+        );
+        put_secret(secret_name, json!({"client.properties": b64(&properties)}));
+    }
     let ctx = Arc::new(Context::new(api.client()));
     run(&api, &ctx, &name).await;
     run(&api, &ctx, &name).await;
@@ -574,15 +581,17 @@ async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads()
     let gate = RedisGate::connect(tls).await.expect("TLS gate");
     assert!(gate.catalog(&name).await.expect("catalog").is_some());
 
-    let pod = api.get(&format!(
-        "/apis/apps/v1/namespaces/{NS}/deployments/{name}-api"
-    ))["spec"]["template"]["spec"]
-        .clone();
-    let volumes: Vec<&str> = pod["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v["secret"]["secretName"].as_str())
-        .collect();
-    assert_eq!(volumes, ["coupon-tls", "kafka-client"]);
+    for (component, own) in [("api", "kafka-api"), ("consumer", "kafka-consumer")] {
+        let pod = api.get(&format!(
+            "/apis/apps/v1/namespaces/{NS}/deployments/{name}-{component}"
+        ))["spec"]["template"]["spec"]
+            .clone();
+        let volumes: Vec<&str> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(volumes, ["coupon-tls", own], "{component}");
+    }
 }
