@@ -117,7 +117,7 @@ echo "== coupon-api publishing: max load ${duration}s x ${connections} connectio
 # adaptive:  a second producer lingering 20 ms above 16 publishes in flight
 # group:     group commit: one producer, linger 0, one produce request in flight per broker, so
 #            events accumulate only while a request is out and the batch grows with the load
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do
     run "immediate$round" BATCH_ABOVE_IN_FLIGHT=0 KAFKA_CLIENT_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION=5
     run "adaptive$round" BATCH_ABOVE_IN_FLIGHT=16 KAFKA_CLIENT_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION=5
     run "group$round" BATCH_ABOVE_IN_FLIGHT=0 KAFKA_CLIENT_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION=1

@@ -33,8 +33,9 @@ struct Args {
     /// Deadline for the broker's acknowledgement, in milliseconds.
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     publish_timeout_ms: u64,
-    /// Publishes in flight above which new events are batched (0: always send at once).
-    #[arg(long, env = "BATCH_ABOVE_IN_FLIGHT", default_value_t = 16)]
+    /// Publishes in flight above which new events go through a second, lingering producer
+    /// (0, the default: group commit alone, see the README's benchmark).
+    #[arg(long, env = "BATCH_ABOVE_IN_FLIGHT", default_value_t = 0)]
     batch_above_in_flight: usize,
     /// How long a batched event may wait for others, in milliseconds.
     #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 20)]

@@ -33,16 +33,17 @@ fn reference_drain() -> f64 {
 }
 
 impl Costs {
-    /// Measured on the development machine (2 cores, release build, Redis 7.0, tansu 0.6,
-    /// PostgreSQL 15) with `couponctl bench --connections 100`; see docs/capacity.md. Use your
-    /// own: `couponctl bench --json > bench.json && couponctl plan --from bench.json`.
+    /// Measured on the development machine (2 cores, release build, Redis 7.0, Apache Kafka
+    /// 4.4 on one KRaft node, PostgreSQL 15) with `couponctl bench --connections 100`; see
+    /// docs/capacity.md. Use your own:
+    /// `couponctl bench --json > bench.json && couponctl plan --from bench.json`.
     pub const REFERENCE: Costs = Costs {
-        api_us: 65.0,
-        redis_us: 37.0,
-        broker_us: 100.0,
+        api_us: 62.0,
+        redis_us: 34.0,
+        broker_us: 34.0,
         consumer_us: 5.0,
-        database_us: 25.0,
-        drain_per_consumer: 40_000.0,
+        database_us: 28.0,
+        drain_per_consumer: 28_000.0,
     };
 }
 

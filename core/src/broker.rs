@@ -45,6 +45,12 @@ pub fn idempotent_producer(kafka: &KafkaConnection, timeouts: PublishTimeouts) -
         kafka,
         &[
             ("linger.ms", "0"),
+            // Group commit: one produce request in flight per broker, so events wait only
+            // while a request is out and the next one carries all of them; the batch grows
+            // with the load and a lone event is sent at once. On Apache Kafka 4.4 at 100
+            // connections: +28 % throughput, p50 12 vs 15 ms, 58 vs 82 µs of API CPU per
+            // event against 5 in flight (scripts/measure-producer.sh).
+            ("max.in.flight.requests.per.connection", "1"),
             ("batch.num.messages", "10000"),
             ("queue.buffering.max.messages", "200000"),
             ("compression.type", "lz4"),
@@ -141,11 +147,11 @@ impl PublishFailure {
 /// the API heals without a restart. Events in flight on the old producer end as "unknown" and
 /// settlement decides them.
 ///
-/// Load-adaptive batching: while few publishes are in flight an event is sent at once
-/// (`linger.ms` 0: a lone request never waits); once more than [`Batching::above_in_flight`]
-/// are, new events go through a second idempotent producer that lingers to fill batches.
-/// librdkafka's broker thread spent ~95 µs of CPU per event sent one by one and ~6 µs per
-/// event in 20 ms batches (`scripts/measure-producer.sh`).
+/// Batching is group commit by default (see [`idempotent_producer`]: one request in flight,
+/// linger 0). The older load-adaptive batching stays as an option: once more than
+/// [`Batching::above_in_flight`] publishes are in flight, new events go through a second
+/// idempotent producer that lingers to fill batches; on Apache Kafka it cost 33 % of the
+/// throughput and doubled p50 for the CPU group commit saves anyway.
 #[derive(Clone)]
 pub struct Publisher {
     config: std::sync::Arc<ClientConfig>,
@@ -168,7 +174,7 @@ pub struct Batching {
 impl Default for Batching {
     fn default() -> Self {
         Self {
-            above_in_flight: 16,
+            above_in_flight: 0,
             linger: Duration::from_millis(20),
         }
     }
