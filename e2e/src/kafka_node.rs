@@ -234,3 +234,18 @@ pub fn grant_campaign(campaign: &str) {
         s.spawn(|| grant("coupon-operator", &["Describe"], &[("group", &group)]));
     });
 }
+
+/// Topic partitions as the PLAINTEXT listener sees them.
+pub fn partitions(campaign: &str) -> usize {
+    use rdkafka::consumer::Consumer;
+    let c: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", crate::kafka_brokers())
+        .create()
+        .expect("client");
+    let topic = topic_name(campaign);
+    let md = c
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics().first().map_or(0, |t| t.partitions().len())
+}
+

@@ -1,7 +1,7 @@
 //! Apache Kafka's secured listeners, as `scripts/services.sh up` starts them: SSL (a CA of its
 //! own) and SASL_SSL with SCRAM-SHA-512 users under Kafka's StandardAuthorizer. Every binary
-//! provisions, grows the topic, issues, consumes and reads lag over each, the SASL run with each
-//! workload's own least-privileged principal; a wrong password, a stranger CA and plaintext sent
+//! provisions, grows the topic, issues, consumes and reads lag over SASL_SSL as its workload's
+//! own least-privileged principal (over SSL: `tls.rs`); a wrong password, a stranger CA and plaintext sent
 //! to the TLS port fail at start with a clear error and no secret; and the ACLs hold: the
 //! consumer's principal cannot produce, the API's cannot read.
 
@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use coupon_core::campaign::{consumer_group, topic_name};
 use coupon_e2e::binaries::{Environments, bin, run_drop};
-use coupon_e2e::kafka_node::{grant_campaign, listeners};
-use coupon_e2e::tls::{Pki, TempDir, free_port};
+use coupon_e2e::kafka_node::{grant_campaign, listeners, partitions};
+use coupon_e2e::tls::{Pki, free_port};
 use coupon_e2e::unique;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,32 +24,6 @@ fn backends() -> Vec<(String, String)> {
         ("REDIS_URL".into(), coupon_e2e::redis_url()),
         ("DATABASE_URL".into(), coupon_e2e::postgres_url()),
     ]
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_binary_over_the_ssl_listener() {
-    let l = listeners();
-    let dir = TempDir::new("kafka-ssl");
-    // What a managed Kafka's console hands out: a properties file.
-    let props = dir.0.join("client.properties");
-    std::fs::write(
-        &props,
-        format!(
-            "security.protocol=SSL\nssl.ca.location={}\nclient.id=coupon-ssl-test\n",
-            l.ca.display()
-        ),
-    )
-    .expect("properties file");
-    let mut common = backends();
-    common.push(("KAFKA_BROKERS".into(), l.ssl.clone()));
-    common.push(("KAFKA_PROPERTIES_FILE".into(), props.display().to_string()));
-    let envs = Environments {
-        common,
-        own: HashMap::new(),
-    };
-    let drop = run_drop(&envs, &unique("kafka-ssl"), 2).await;
-    assert!(drop.accepted > 0, "nothing accepted over SSL");
-    assert_eq!(partitions(&drop.campaign), 3, "the topic grew over SSL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,19 +94,6 @@ async fn every_binary_over_sasl_scram_with_its_own_least_privilege() {
         format!("{refused:?}").contains("Authorization"),
         "the API's principal reading: {refused:?}"
     );
-}
-
-/// Topic partitions as the PLAINTEXT listener sees them.
-fn partitions(campaign: &str) -> usize {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", coupon_e2e::kafka_brokers())
-        .create()
-        .expect("client");
-    let topic = topic_name(campaign);
-    let md = c
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .expect("metadata");
-    md.topics()[0].partitions().len()
 }
 
 /// What is wrong, the Kafka variables that are wrong that way, what the error must say.

@@ -1,17 +1,15 @@
 //! Secured backends on real servers with certificates made by the test: Redis with only a TLS
 //! port, client certificates and an ACL user; a private PostgreSQL that accepts only TLS; the
-//! machine's MariaDB with sqlx's ssl-mode; librdkafka properties from a file and KAFKA_CLIENT_*
-//! variables. Then every binary runs a load over those connections and `couponctl verify` is
-//! green.
+//! machine's MariaDB with sqlx's ssl-mode; Apache Kafka's SSL listener through librdkafka
+//! properties from a file and KAFKA_CLIENT_* variables. Then every binary runs a load over those
+//! connections and `couponctl verify` is green.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use coupon_core::backends::RedisConnection;
 use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_e2e::chaos::default_bin_dir;
+use coupon_e2e::binaries::{Environments, bin, run_drop};
 use coupon_e2e::tls::{Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsPostgres, TlsRedis, free_port};
 use coupon_e2e::unique;
 
@@ -151,54 +149,28 @@ async fn mariadb_ssl_mode_is_honoured() {
         .expect("PREFERRED works either way");
 }
 
-fn bin(name: &str) -> Command {
-    let mut c = Command::new(default_bin_dir().join(name));
-    c.env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null());
-    c
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed:\n{text}");
-    text
-}
-
-/// The secured environment every binary gets: TLS Redis with a client certificate, TLS-only
-/// PostgreSQL with verify-full, Kafka properties from a file and from KAFKA_CLIENT_* variables.
-struct Secured {
-    env: Vec<(String, String)>,
-}
-
-impl Secured {
-    fn apply(&self, c: &mut Command) {
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-    }
-}
-
+/// Every binary over secured backends: TLS Redis with a client certificate, TLS-only
+/// PostgreSQL with verify-full, and Kafka's SSL listener through a properties file plus a
+/// `KAFKA_CLIENT_*` variable; provision, grow the topic, a load, a green verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_binary_runs_over_secured_backends() {
     let pki = Pki::new();
     let redis = TlsRedis::start(&pki);
     let pg = TlsPostgres::start(&pki).expect("PostgreSQL server binaries");
+    let kafka = coupon_e2e::kafka_node::listeners();
     let dir = TempDir::new("secured");
     let props = dir.0.join("client.properties");
     std::fs::write(
         &props,
-        "# what a managed Kafka's console hands out, minus the TLS this broker lacks\nsecurity.protocol=plaintext\nclient.id=coupon-secured-test\n",
+        format!(
+            "# what a managed Kafka's console hands out\nsecurity.protocol=SSL\nssl.ca.location={}\nclient.id=coupon-secured-test\n",
+            kafka.ca.display()
+        ),
     )
     .expect("properties file");
     let p = |f: &str| pki.path(f).display().to_string();
-    let secured = Secured {
-        env: vec![
+    let envs = Environments {
+        common: vec![
             ("REDIS_URL".into(), redis.url()),
             ("REDIS_CA_FILE".into(), p("ca.pem")),
             ("REDIS_CLIENT_CERT".into(), p("client.pem")),
@@ -207,115 +179,19 @@ async fn every_binary_runs_over_secured_backends() {
                 "DATABASE_URL".into(),
                 pg.url(&format!("sslmode=verify-full&sslrootcert={}", p("ca.pem"))),
             ),
-            ("KAFKA_BROKERS".into(), coupon_e2e::kafka_brokers()),
+            ("KAFKA_BROKERS".into(), kafka.ssl.clone()),
             ("KAFKA_PROPERTIES_FILE".into(), props.display().to_string()),
             ("KAFKA_CLIENT_SOCKET_TIMEOUT_MS".into(), "20000".into()),
         ],
+        own: Default::default(),
     };
-    let name = unique("secured");
-    let manifest = dir.0.join("campaign.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 2}}\n  coupons:\n    - {{ids: \"1-5\", name: \"secured {{id}}\", discount: 1000, quantity: 40}}\n"
-        ),
-    )
-    .expect("manifest");
-
-    let mut provision = bin("couponctl");
-    secured.apply(&mut provision);
-    ok(
-        &provision
-            .args(["provision", "-f", &manifest.display().to_string()])
-            .output()
-            .expect("couponctl runs"),
-        "couponctl provision",
+    let drop = run_drop(&envs, &unique("secured"), 2).await;
+    assert!(drop.accepted > 0, "nothing accepted over secured backends");
+    assert_eq!(
+        coupon_e2e::kafka_node::partitions(&drop.campaign),
+        3,
+        "the topic grew over SSL"
     );
-
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut api = bin("coupon-api");
-    secured.apply(&mut api);
-    let mut api = Kill(
-        api.env("CAMPAIGN", &name)
-            .env("LISTEN", &addr)
-            .spawn()
-            .expect("coupon-api"),
-    );
-    let mut consumer = bin("coupon-consumer");
-    secured.apply(&mut consumer);
-    let _consumer = Kill(
-        consumer
-            .env("CAMPAIGN", &name)
-            .env("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .spawn()
-            .expect("coupon-consumer"),
-    );
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = http
-            .get(format!("http://{addr}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
-        }
-        if let Ok(Some(status)) = api.0.try_wait() {
-            panic!("coupon-api exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "coupon-api not ready over TLS");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    let accepted = dir.0.join("accepted.txt");
-    let mut load = bin("couponctl");
-    secured.apply(&mut load);
-    let out = load
-        .args([
-            "load",
-            "--target",
-            &format!("http://{addr}"),
-            "--campaign",
-            &name,
-        ])
-        .args([
-            "--scenario",
-            "max",
-            "--connections",
-            "16",
-            "--duration",
-            "3s",
-        ])
-        .args(["--users", "500", "--quiet", "--accepted"])
-        .arg(&accepted)
-        .output()
-        .expect("couponctl load");
-    ok(&out, "couponctl load");
-    let accepted_ids = std::fs::read_to_string(&accepted).expect("accepted ids");
-    assert!(
-        accepted_ids.lines().count() > 0,
-        "nothing accepted over secured backends"
-    );
-
-    let mut verify = bin("couponctl");
-    secured.apply(&mut verify);
-    let text = ok(
-        &verify
-            .args([
-                "verify",
-                "--campaign",
-                &name,
-                "--wait-drain",
-                "30",
-                "--accepted",
-            ])
-            .arg(&accepted)
-            .output()
-            .expect("couponctl verify"),
-        "couponctl verify",
-    );
-    assert!(text.contains("PASS"), "{text}");
 }
 
 #[test]
@@ -390,13 +266,4 @@ fn secrets_stay_out_of_help_and_logs() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(!text.contains("hunter2"), "{text}");
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
