@@ -607,7 +607,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     if Instant::now() > load_end + Duration::from_secs(1) {
-        clock.note("load kept on until the faults' reservations were settled");
+        // What settlement gave back needs a moment of demand to be sold again.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        clock.note("load kept on until the faults' reservations were settled, and 4 s more");
     }
     stop_load.cancel();
     for c in clients {

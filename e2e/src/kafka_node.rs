@@ -248,4 +248,3 @@ pub fn partitions(campaign: &str) -> usize {
         .expect("metadata");
     md.topics().first().map_or(0, |t| t.partitions().len())
 }
-
