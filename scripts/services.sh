@@ -142,9 +142,10 @@ start_postgres() {
             # Debian asks for a password over TCP: make a test role through the local socket
             # (peer authentication for the postgres OS user), as for MariaDB below.
             log "postgresql: password required over TCP; using role 'ci' created through the socket"
-            runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -c "do \$\$ begin
+            # from / : the postgres user may not enter the checkout's directory
+            (cd / && runuser -u postgres -- psql -qAt -v ON_ERROR_STOP=1 -c "do \$\$ begin
                 if not exists (select 1 from pg_roles where rolname = 'ci') then
-                    create role ci login superuser password 'ci'; end if; end \$\$" >&2 9>&- ||
+                    create role ci login superuser password 'ci'; end if; end \$\$" >&2 9>&-) ||
                 die "postgresql: could not create the role ci through the socket"
             user=ci auth=ci:ci
             pg=(env PGPASSWORD=ci psql -h "$HOST" -p "$PG_PORT" -U ci -d postgres -v ON_ERROR_STOP=1 -qAt)
