@@ -47,8 +47,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Every broker answer now takes 1.5 s: these requests are mid-publish at SIGTERM.
-    mock.broker_round_trip_time(1, Duration::from_millis(1500))
+    // Every broker answer now takes 1 s: these requests are mid-publish at SIGTERM. Group
+    // commit keeps one produce request in flight per broker and librdkafka sends one request
+    // per partition, so 20 events over 2 partitions take up to three round trips: 3 s of the
+    // 5 s deadline (at 1.5 s CI once saw the last ones time out as 503s).
+    mock.broker_round_trip_time(1, Duration::from_millis(1000))
         .expect("rtt");
     let in_flight: Vec<_> = (1..=20u64)
         .map(|user| {

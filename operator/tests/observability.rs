@@ -1,5 +1,5 @@
 //! Every metric a dashboard or an alert rule queries is exported: the coupon-api and
-//! coupon-consumer binaries run against real Redis, tansu and PostgreSQL, the operator
+//! coupon-consumer binaries run against real Redis, Apache Kafka and PostgreSQL, the operator
 //! reconciles the same campaign through the fake API server and serves its /metrics router,
 //! and the three /metrics pages are scraped over HTTP and compared with the queries.
 
