@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Start (or reuse) the local services and run the whole workspace's tests.
+# Start (or reuse) the local services and the control plane, and run the whole workspace's tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 env_lines="$(scripts/services.sh up)"
 eval "$env_lines"
 export REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL
+# A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, built from
+# source once into a cache outside the checkout) for the operator's control-plane tests.
+cluster_lines="$(scripts/cluster.sh up)"
+eval "$cluster_lines"
+export KUBECONFIG KUBECTL
 # helm, kubernetes-validate and promtool for the chart, schema and alert tests.
 eval "$(scripts/tools.sh)"
 # The install and observability tests run the workspace's binaries (target/debug/coupon-*);

@@ -23,8 +23,13 @@ pub type UserId = u64;
 #[serde(rename_all = "camelCase")]
 pub struct CampaignSpec {
     /// Coupon groups; `ids` may be a single id or an inclusive range like `"1-20"`.
-    /// Bounded so the CRD's CEL rules stay within the API server's cost budget.
-    #[schemars(length(min = 1, max = 200))]
+    /// Bounded so the CRD's CEL rules stay within the API server's cost budget; a list map
+    /// keyed by `ids`, so the API server refuses a repeated entry (a CEL rule comparing every
+    /// pair was estimated far over that budget: the real server refused the CRD).
+    #[schemars(
+        length(min = 1, max = 200),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ids"])
+    )]
     pub coupons: Vec<CouponGroup>,
     /// Issuance opens at this instant (RFC 3339). Absent: open now.
     #[serde(default, skip_serializing_if = "Option::is_none")]

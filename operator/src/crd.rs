@@ -21,12 +21,14 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Remaining","type":"integer","jsonPath":".status.remaining"}"#,
     printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.lag"}"#,
     printcolumn = r#"{"name":"Consumers","type":"string","jsonPath":".status.consumers.summary"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Quantity","type":"integer","priority":1,"jsonPath":".status.quantity"}"#,
+    printcolumn = r#"{"name":"Partitions","type":"integer","priority":1,"jsonPath":".spec.topic.partitions"}"#,
+    printcolumn = r#"{"name":"Books","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"BooksBalanced\")].status"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.coupons.all(c, c.quantity > 0)", "message": "every coupon quantity must be positive"},
-    {"rule": "self.coupons.all(a, self.coupons.exists_one(b, string(b.ids) == string(a.ids)))", "message": "coupon ids must be unique"},
     {"rule": "!has(self.startsAt) || !has(self.endsAt) || self.endsAt > self.startsAt", "message": "endsAt must be after startsAt"},
     {"rule": "!has(oldSelf.topic) || !has(self.topic) || self.topic.partitions >= oldSelf.topic.partitions", "message": "topic partitions may only grow"},
     {"rule": "self.consumers.minReplicas <= self.consumers.maxReplicas", "message": "consumers.minReplicas must not exceed maxReplicas"}

@@ -1,33 +1,17 @@
 //! The CRD's CEL rules, evaluated on the checked-in CRD (kube's `cel` feature, no API server):
 //! the seed example passes, and one bad campaign per rule is refused with that rule's message.
 
+mod common;
+
+use common::campaigns::{campaign, rule_cases};
 use kube::core::cel::Validator;
 use serde_json::{Value, json};
 
 const CRD: &str = include_str!("../../crds/couponcampaigns.coupons.fcfs.dev.yaml");
-const SEED: &str = include_str!("../../examples/seed-campaign.yaml");
 
 fn schema() -> Value {
     let crd: Value = serde_yaml::from_str(CRD).expect("CRD parses");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
-
-/// The seed campaign as the API server stores it: defaults applied, then `patch` merged into
-/// its spec.
-fn campaign(patch: Value) -> Value {
-    let mut cc: Value = serde_yaml::from_str(SEED).expect("seed parses");
-    let spec = cc["spec"].as_object_mut().expect("spec");
-    spec.insert(
-        "consumers".into(),
-        json!({"minReplicas": 1, "maxReplicas": 6, "targetLagPerReplica": 1000,
-               "scaleDownStabilizationSeconds": 60}),
-    );
-    if let Value::Object(p) = patch {
-        for (k, v) in p {
-            spec.insert(k, v);
-        }
-    }
-    cc
 }
 
 /// The messages of the rules `obj` breaks (`old`: the stored object of an update).
@@ -57,46 +41,12 @@ fn the_seed_example_passes_every_rule_on_create_and_update() {
 #[test]
 fn every_rule_refuses_its_bad_campaign_with_its_message() {
     let seed = campaign(json!({}));
-    let cases = [
-        (
-            campaign(json!({"coupons": [
-                {"ids": "1-5", "name": "c", "discount": 1, "quantity": -3}
-            ]})),
-            None,
-            "every coupon quantity must be positive",
-        ),
-        (
-            campaign(json!({"coupons": [
-                {"ids": "1-5", "name": "a", "discount": 1, "quantity": 3},
-                {"ids": "1-5", "name": "b", "discount": 1, "quantity": 3}
-            ]})),
-            None,
-            "coupon ids must be unique",
-        ),
-        (
-            campaign(json!({
-                "startsAt": "2026-12-01T11:00:00Z", "endsAt": "2026-12-01T10:00:00Z"
-            })),
-            None,
-            "endsAt must be after startsAt",
-        ),
-        (
-            campaign(json!({"topic": {"partitions": 2}})),
-            Some(&seed),
-            "topic partitions may only grow",
-        ),
-        (
-            campaign(json!({"consumers": {"minReplicas": 5, "maxReplicas": 2,
-                "targetLagPerReplica": 1000, "scaleDownStabilizationSeconds": 60}})),
-            None,
-            "consumers.minReplicas must not exceed maxReplicas",
-        ),
-    ];
-    for (bad, old, message) in cases {
-        let errors = broken(&bad, old);
+    for bad in rule_cases() {
+        let errors = broken(&bad.campaign, bad.updates_seed.then_some(&seed));
         assert!(
-            errors.iter().any(|e| e.contains(message)),
-            "expected {message:?}, got {errors:?}"
+            errors.iter().any(|e| e.contains(bad.message)),
+            "expected {:?}, got {errors:?}",
+            bad.message
         );
         assert_eq!(errors.len(), 1, "only its own rule breaks: {errors:?}");
     }

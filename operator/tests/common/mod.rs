@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full};
 use kube::Client;
 use serde_json::{Value, json};
 
+pub mod campaigns;
+pub mod cluster;
 pub mod tools;
 
 pub const NS: &str = "default";
