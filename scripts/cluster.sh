@@ -12,10 +12,11 @@
 #   scripts/cluster.sh down           stop the three processes started by `up`
 #   scripts/cluster.sh status         show what runs
 #
-# `up` exports KUBECONFIG (an admin kubeconfig: CN=admin, O=system:masters) and KUBECTL (the
-# kubectl built with the control plane). Authentication is by client certificates from a CA
-# made with openssl; authorization is Node,RBAC, and the controller-manager has its own identity
-# (system:kube-controller-manager) and gives every controller its own service account.
+# `up` exports KUBECONFIG (an admin kubeconfig: CN=admin, O=system:masters), KUBECTL (the
+# kubectl built with the control plane) and KUBE_AUDIT_LOG (the apiserver's audit log of every
+# write). Authentication is by client certificates from a CA made with openssl; authorization
+# is Node,RBAC, and the controller-manager has its own identity (system:kube-controller-manager)
+# and gives every controller its own service account.
 # Ports on 127.0.0.1: etcd 12379 (peer 12380, plain HTTP, loopback only), kube-apiserver 6443,
 # kube-controller-manager 10257. Service CIDR 10.0.0.0/24 (the `kubernetes` Service is 10.0.0.1).
 # A fresh `up` (nothing of ours running) starts from an empty etcd; if the cluster already serves,
@@ -249,7 +250,22 @@ start_etcd() {
 
 # --endpoint-reconciler-type none: the `kubernetes` Service (10.0.0.1) keeps no endpoints, since
 # Endpoints may not point at loopback (the reconciler would fail every 10 s) and no Pod runs anyway.
+# Every write (create, update, patch, delete) is logged at Metadata level, one JSON line each,
+# so tests can count the calls a client made and what the authorizer decided.
+write_audit_policy() {
+    cat >"$STATE/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF
+}
+
 start_apiserver() {
+    write_audit_policy
     start kube-apiserver --bind-address "$HOST" --advertise-address "$HOST" --secure-port "$API_PORT" \
         --etcd-servers "http://$HOST:$ETCD_PORT" \
         --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -264,7 +280,9 @@ start_apiserver() {
         --requestheader-extra-headers-prefix X-Remote-Extra- \
         --proxy-client-cert-file "$PKI/front-proxy-client.crt" --proxy-client-key-file "$PKI/front-proxy-client.key" \
         --allow-privileged=true \
-        --endpoint-reconciler-type none
+        --endpoint-reconciler-type none \
+        --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/audit.log" \
+        --audit-log-maxsize 200 --audit-log-maxbackup 1
     wait_for kube-apiserver kubectl_admin get --raw /readyz
 }
 
@@ -283,6 +301,7 @@ start_controller_manager() {
 print_env() {
     printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_FILE"
     printf 'export KUBECTL=%q\n' "$KUBECTL"
+    printf 'export KUBE_AUDIT_LOG=%q\n' "$STATE/audit.log"
 }
 
 all_running() {

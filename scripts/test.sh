@@ -9,7 +9,7 @@ export REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL
 # source once into a cache outside the checkout) for the operator's control-plane tests.
 cluster_lines="$(scripts/cluster.sh up)"
 eval "$cluster_lines"
-export KUBECONFIG KUBECTL
+export KUBECONFIG KUBECTL KUBE_AUDIT_LOG
 # helm, kubernetes-validate and promtool for the chart, schema and alert tests.
 eval "$(scripts/tools.sh)"
 # The install and observability tests run the workspace's binaries (target/debug/coupon-*);

@@ -694,27 +694,18 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
+    // The hash of what we mean to say: a field we stop setting changes it, so the apply that
+    // drops the field still happens (the comparison below only sees fields we set).
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_string(&obj)
         .unwrap_or_default()
         .hash(&mut hasher);
-    let hash = format!("{:016x}", hasher.finish());
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    if let Some(live) = api.get_opt(&name).await?
-        && live
-            .meta()
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(HASH_ANNOTATION))
-            == Some(&hash)
-    {
-        return Ok(false);
-    }
     obj.meta_mut()
         .annotations
         .get_or_insert_with(BTreeMap::new)
-        .insert(HASH_ANNOTATION.into(), hash);
+        .insert(HASH_ANNOTATION.into(), format!("{:016x}", hasher.finish()));
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
     let mut value =
         serde_json::to_value(&obj).map_err(|e| Error::Serialize(name.clone(), e.to_string()))?;
     if let Some(map) = value.as_object_mut() {
@@ -724,6 +715,16 @@ where
         );
         map.insert("kind".into(), K::kind(&Default::default()).into());
     }
+    // Compared with the live object, not with what we last sent: a person's edit to a field
+    // we own is put back, and an object that already says everything we would say is not
+    // written again (the server adds defaults and fields of its own, which we do not own).
+    if let Some(live) = api.get_opt(&name).await? {
+        let live = serde_json::to_value(&live)
+            .map_err(|e| Error::Serialize(name.clone(), e.to_string()))?;
+        if contains(&live, &value) {
+            return Ok(false);
+        }
+    }
     api.patch(
         &name,
         &PatchParams::apply(MANAGER).force(),
@@ -731,4 +732,21 @@ where
     )
     .await?;
     Ok(true)
+}
+
+/// Whether `live` says everything `desired` says: every field of `desired` present with the
+/// same value (objects compared field by field, lists item by item and of equal length).
+fn contains(live: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (live, desired) {
+        (_, Value::Null) => true,
+        (Value::Object(l), Value::Object(d)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).map_or(v.is_null(), |lv| contains(lv, v))),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() == d.len() && l.iter().zip(d).all(|(lv, dv)| contains(lv, dv))
+        }
+        (Value::Number(l), Value::Number(d)) => l.as_f64() == d.as_f64(),
+        (l, d) => l == d,
+    }
 }

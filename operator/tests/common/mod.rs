@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 pub mod campaigns;
 pub mod cluster;
+pub mod operator_process;
 pub mod tools;
 
 pub const NS: &str = "default";
@@ -132,7 +133,12 @@ impl FakeApi {
                 store.objects.insert(base, obj.clone());
                 reply(StatusCode::OK, &obj)
             }
+            // Server-side apply: an apply that creates the object needs RBAC's `create` too
+            // (the real authorizer refused the chart that granted only `patch`).
             Method::PATCH => {
+                if !store.objects.contains_key(&path) {
+                    store.calls.push((Method::POST, format!("{path}?{query}")));
+                }
                 store.objects.insert(path, body.clone());
                 reply(StatusCode::OK, &body)
             }

@@ -1,0 +1,238 @@
+//! The chart installed into the real control plane and the operator run as a host process with
+//! the chart's ServiceAccount identity (a TokenRequest token in its kubeconfig) and the env the
+//! chart's Deployment gives it, so the real authorizer judges every call it makes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::cluster::Cluster;
+use super::tools::{binary, run};
+
+/// A helm release of charts/coupon-operator; uninstalled on drop.
+pub struct Release<'a> {
+    cluster: &'a Cluster,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl<'a> Release<'a> {
+    pub fn install(cluster: &'a Cluster, namespace: &str, values: &[&str]) -> Self {
+        let name = format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+        let kubeconfig = cluster.kubeconfig.display().to_string();
+        let mut args = vec![
+            "install",
+            &name,
+            "charts/coupon-operator",
+            "-n",
+            namespace,
+            "--kubeconfig",
+            &kubeconfig,
+        ];
+        for v in values {
+            args.extend(["--set", v]);
+        }
+        let (ok, out, err) = run("helm", &args);
+        assert!(ok, "helm install: {out}{err}");
+        Self {
+            cluster,
+            name,
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// The operator Deployment the chart rendered, as the server stores it.
+    pub fn deployment(&self) -> Value {
+        let out = self.cluster.ok(
+            &[
+                "get",
+                "deployment",
+                "-n",
+                &self.namespace,
+                "-l",
+                &format!("app.kubernetes.io/instance={}", self.name),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let list: Value = serde_json::from_str(&out).expect("json");
+        list["items"][0].clone()
+    }
+
+    pub fn service_account(&self) -> String {
+        self.deployment()["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .expect("serviceAccountName")
+            .to_string()
+    }
+
+    /// A kubeconfig in `dir` that authenticates as the release's ServiceAccount with a token
+    /// from the TokenRequest API.
+    pub fn service_account_kubeconfig(&self, dir: &Path) -> PathBuf {
+        let sa = self.service_account();
+        let token = self.cluster.ok(
+            &[
+                "create",
+                "token",
+                &sa,
+                "-n",
+                &self.namespace,
+                "--duration",
+                "2h",
+            ],
+            None,
+        );
+        let admin: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.cluster.kubeconfig).expect("read"))
+                .expect("kubeconfig yaml");
+        let cluster = &admin["clusters"][0]["cluster"];
+        let config = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "cp", "cluster": cluster}],
+            "users": [{"name": sa, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "cp", "user": sa, "namespace": self.namespace}}],
+            "current-context": "sa",
+        });
+        let path = dir.join(format!("{sa}.kubeconfig"));
+        std::fs::write(&path, config.to_string()).expect("write kubeconfig");
+        path
+    }
+
+    /// The operator container's env as the pod would see it (values, and the downward API's
+    /// namespace and name).
+    pub fn operator_env(&self, pod_name: &str) -> Vec<(String, String)> {
+        let deployment = self.deployment();
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let mut env = Vec::new();
+        for e in container["env"].as_array().into_iter().flatten() {
+            let name = e["name"].as_str().expect("env name").to_string();
+            let value = match (
+                &e["value"],
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+            ) {
+                (Value::String(v), _) => v.clone(),
+                (_, Some("metadata.namespace")) => self.namespace.clone(),
+                (_, Some("metadata.name")) => pod_name.to_string(),
+                (other, field) => panic!("env {name}: cannot resolve {other} / {field:?}"),
+            };
+            env.push((name, value));
+        }
+        env
+    }
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let kubeconfig = self.cluster.kubeconfig.display().to_string();
+        let _ = run(
+            "helm",
+            &[
+                "uninstall",
+                &self.name,
+                "-n",
+                &self.namespace,
+                "--kubeconfig",
+                &kubeconfig,
+            ],
+        );
+    }
+}
+
+/// `coupon-operator run` as a host process; killed on drop. Its log is kept in `log`.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+    pub health: String,
+}
+
+impl Operator {
+    pub fn start(release: &Release, kubeconfig: &Path, pod_name: &str, dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let health = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("{pod_name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(binary("coupon-operator"))
+            .arg("run")
+            .envs(release.operator_env(pod_name))
+            .env("KUBECONFIG", kubeconfig)
+            .env("HEALTH_LISTEN", &health)
+            .env("LOG_FORMAT", "text")
+            .env("RUST_LOG", "info,kube=warn")
+            .env("TMPDIR", dir)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("coupon-operator starts");
+        Self { child, log, health }
+    }
+
+    /// The last lines of its log, for a failing assertion.
+    pub fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes by `user` in the API server's audit log (create, update, patch, delete), as
+/// (verb, resource/subresource, name, HTTP code), excluding Leases and Events.
+pub fn writes_by(user: &str) -> Vec<(String, String, String, u64)> {
+    let path = std::env::var_os("KUBE_AUDIT_LOG").expect(
+        "KUBE_AUDIT_LOG is not set: start the control plane with eval \"$(scripts/cluster.sh up)\"",
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "the audit log {} is unreadable ({e}): scripts/cluster.sh up writes it",
+            path.display()
+        )
+    });
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+        .filter_map(|e| {
+            let r = &e["objectRef"];
+            let resource = r["resource"].as_str()?.to_string();
+            if resource == "leases" || resource == "events" {
+                return None;
+            }
+            let resource = match r["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource,
+            };
+            Some((
+                e["verb"].as_str()?.to_string(),
+                resource,
+                r["name"].as_str().unwrap_or("").to_string(),
+                e["responseStatus"]["code"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+pub const SETTLE: Duration = Duration::from_secs(60);

@@ -1,0 +1,322 @@
+//! The operator on a real API server (`scripts/cluster.sh up`), as the chart installs it: a host
+//! process authenticated as the chart's ServiceAccount, so RBAC judges every call, reconciling a
+//! campaign on the real Redis, Kafka and PostgreSQL. No kubelet runs, so pods stay Pending.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::operator_process::{Operator, Release, writes_by};
+use serde_json::{Value, json};
+
+/// One operator at a time: a cluster-wide one would reconcile the other tests' campaigns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn campaign_name() -> String {
+    format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// The backends' Secret the campaign's connections name by default.
+fn backends_secret(cluster: &Cluster, ns: &str) {
+    cluster.ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "coupon-backends",
+            "-n",
+            ns,
+            &format!("--from-literal=REDIS_URL={}", coupon_e2e::redis_url()),
+            &format!(
+                "--from-literal=KAFKA_BROKERS={}",
+                coupon_e2e::kafka_brokers()
+            ),
+            &format!("--from-literal=DATABASE_URL={}", coupon_e2e::postgres_url()),
+        ],
+        None,
+    );
+}
+
+fn campaign(name: &str, ns: &str, quantity: i64, partitions: i32) -> Value {
+    json!({
+        "apiVersion": "coupons.fcfs.dev/v1alpha1", "kind": "CouponCampaign",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "topic": {"partitions": partitions},
+            "coupons": [{"ids": "1-3", "name": "coupon #{id}", "discount": 1000, "quantity": quantity}],
+            "consumers": {"minReplicas": 1, "maxReplicas": 2}
+        }
+    })
+}
+
+fn get(cluster: &Cluster, ns: &str, what: &[&str]) -> Value {
+    let mut args = vec!["get", "-n", ns];
+    args.extend(what);
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&cluster.ok(&args, None)).expect("json")
+}
+
+/// Polls the campaign until `done` holds; panics with the operator's log after `within`.
+async fn wait_campaign(
+    cluster: &Cluster,
+    op: &Operator,
+    ns: &str,
+    name: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = cluster.kubectl(&["get", "cc", name, "-n", ns, "-o", "json"], None);
+        if out.ok {
+            let cc: Value = serde_json::from_str(&out.stdout).expect("json");
+            if done(&cc) {
+                return cc;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what}: not reached in {within:?}; status {}\noperator log:\n{}",
+                    cc["status"],
+                    op.tail()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!("{what}: {}\noperator log:\n{}", out.stderr, op.tail());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn condition<'a>(cc: &'a Value, kind: &str) -> &'a Value {
+    cc["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::from_env();
+    cluster.install_crds();
+    let op_ns = cluster.namespace("operator");
+    let ns = cluster.namespace("drop");
+    let dir = tempdir();
+    let release = Release::install(&cluster, &op_ns.name, &["replicaCount=1"]);
+    let kubeconfig = release.service_account_kubeconfig(dir.path());
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        op_ns.name,
+        release.service_account()
+    );
+    backends_secret(&cluster, &ns.name);
+    let op = Operator::start(&release, &kubeconfig, "operator-0", dir.path());
+
+    let name = campaign_name();
+    let cc = campaign(&name, &ns.name, 40, 2);
+    cluster.ok(&["apply", "-f", "-"], Some(&cc.to_string()));
+    let live = wait_campaign(
+        &cluster,
+        &op,
+        &ns.name,
+        &name,
+        Duration::from_secs(60),
+        "Live",
+        |cc| cc["status"]["phase"] == "Live" && cc["status"]["remaining"] == 120,
+    )
+    .await;
+    let generation = &live["metadata"]["generation"];
+    assert_eq!(&live["status"]["observedGeneration"], generation);
+    assert_eq!(
+        condition(&live, "StockLoaded")["status"],
+        "True",
+        "{}",
+        live["status"]
+    );
+    assert_eq!(
+        live["metadata"]["finalizers"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        live["metadata"]
+    );
+    let events = get(
+        &cluster,
+        &ns.name,
+        &[
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+    );
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"Provisioned"), "events: {reasons:?}");
+
+    // Children: each owned by the campaign (controller reference), so the collector removes them.
+    let uid = live["metadata"]["uid"].as_str().expect("uid");
+    let children = [
+        ("deployment", format!("{name}-api")),
+        ("deployment", format!("{name}-consumer")),
+        ("service", format!("{name}-api")),
+        ("poddisruptionbudget", format!("{name}-api")),
+        ("poddisruptionbudget", format!("{name}-consumer")),
+    ];
+    for (kind, child) in &children {
+        let obj = get(&cluster, &ns.name, &[kind, child]);
+        let owner = &obj["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some(uid), Some(true)),
+            "{kind}/{child}"
+        );
+    }
+    // kubectl shows the live values.
+    let table = cluster.ok(&["get", "cc", "-n", &ns.name, "-o", "wide"], None);
+    assert!(
+        table.contains("Live") && table.contains("120") && table.contains("1/1"),
+        "{table}"
+    );
+    println!("{table}");
+
+    // A pass that finds nothing changed writes nothing (the operator requeues every 5 s). The
+    // first settlement round (every 10 s) is news for the status; after it nothing is.
+    wait_campaign(
+        &cluster,
+        &op,
+        &ns.name,
+        &name,
+        Duration::from_secs(30),
+        "settled once",
+        |cc| {
+            condition(cc, "BooksBalanced")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("last settlement: 0 unsettled"))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = writes_by(&user).len();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let quiet: Vec<_> = writes_by(&user).split_off(before);
+    assert!(quiet.is_empty(), "writes while nothing changed: {quiet:?}");
+
+    // A person's edit to a field the operator owns is put back.
+    cluster.ok(
+        &[
+            "scale",
+            "deployment",
+            &format!("{name}-api"),
+            "-n",
+            &ns.name,
+            "--replicas=5",
+        ],
+        None,
+    );
+    let api = format!("{name}-api");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let d = get(&cluster, &ns.name, &["deployment", &api]);
+        if d["spec"]["replicas"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas stay {} (the operator's is 2)\n{}",
+            d["spec"]["replicas"],
+            op.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Quantity and partitions grow.
+    let grown = campaign(&name, &ns.name, 50, 3);
+    cluster.ok(&["apply", "-f", "-"], Some(&grown.to_string()));
+    let topic = coupon_core::campaign::topic_name(&name);
+    wait_campaign(
+        &cluster,
+        &op,
+        &ns.name,
+        &name,
+        Duration::from_secs(60),
+        "grown",
+        |cc| {
+            cc["status"]["remaining"] == 150
+                && cc["status"]["observedGeneration"] == cc["metadata"]["generation"]
+        },
+    )
+    .await;
+    let partitions =
+        coupon_core::broker::partition_count(&coupon_e2e::kafka_brokers(), &topic).await;
+    assert_eq!(partitions.expect("metadata"), Some(3));
+
+    // Every write the operator made was allowed.
+    let refused: Vec<_> = writes_by(&user)
+        .into_iter()
+        .filter(|w| w.3 >= 400 && w.3 != 409)
+        .collect();
+    assert!(refused.is_empty(), "refused writes: {refused:?}");
+
+    // Deleting the campaign runs the finalizer; the garbage collector removes the children.
+    cluster.ok(
+        &["delete", "cc", &name, "-n", &ns.name, "--timeout=60s"],
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (kind, child) in &children {
+        loop {
+            let out = cluster.kubectl(&["get", kind, child, "-n", &ns.name], None);
+            if !out.ok && out.stderr.contains("NotFound") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{kind}/{child} outlived its campaign"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let events = get(
+        &cluster,
+        &ns.name,
+        &[
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+        ],
+    );
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"Cleanup"), "events: {reasons:?}");
+    drop(op);
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
+    let dir = std::env::temp_dir().join(format!("operator-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    TempDir(dir)
+}
