@@ -300,6 +300,215 @@ async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
     drop(op);
 }
 
+/// The Lease's holder, if any.
+fn lease_holder(cluster: &Cluster, ns: &str) -> Option<String> {
+    let out = cluster.kubectl(
+        &["get", "lease", "coupon-operator", "-n", ns, "-o", "json"],
+        None,
+    );
+    let lease: Value = serde_json::from_str(&out.stdout).ok()?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+async fn wait_holder(cluster: &Cluster, ns: &str, who: &str, within: Duration) -> Duration {
+    let start = Instant::now();
+    while lease_holder(cluster, ns).as_deref() != Some(who) {
+        assert!(
+            start.elapsed() < within,
+            "{who} does not hold the lease after {within:?}: {:?}",
+            lease_holder(cluster, ns)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    start.elapsed()
+}
+
+/// Two operator processes on a real Lease: one leads and only it reconciles and settles; kill -9
+/// of the leader, the other takes over within the lease duration and the campaign keeps
+/// reconciling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_within_the_lease() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::from_env();
+    cluster.install_crds();
+    let op_ns = cluster.namespace("operator");
+    let ns = cluster.namespace("drop");
+    let dir = tempdir();
+    let watch = format!("watchNamespaces={{{}}}", ns.name);
+    let release = Release::install(&cluster, &op_ns.name, &[watch.as_str()]);
+    let kubeconfig = release.service_account_kubeconfig(dir.path());
+    backends_secret(&cluster, &ns.name);
+    let mut a = Operator::start(&release, &kubeconfig, "operator-a", dir.path());
+    wait_holder(&cluster, &op_ns.name, "operator-a", Duration::from_secs(30)).await;
+    let b = Operator::start(&release, &kubeconfig, "operator-b", dir.path());
+
+    let name = campaign_name();
+    cluster.ok(
+        &["apply", "-f", "-"],
+        Some(&campaign(&name, &ns.name, 10, 2).to_string()),
+    );
+    wait_campaign(
+        &cluster,
+        &a,
+        &ns.name,
+        &name,
+        Duration::from_secs(60),
+        "Live",
+        |cc| cc["status"]["phase"] == "Live",
+    )
+    .await;
+    // Settlement runs every 10 s on the leader; the follower neither reconciles nor settles.
+    let series = format!("coupon_operator_unsettled_reservations{{campaign=\"{name}\"");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.metrics().contains(&series) {
+        assert!(
+            Instant::now() < deadline,
+            "the leader never settled:\n{}",
+            a.tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let follower = b.metrics();
+    assert!(!follower.is_empty(), "the follower serves /metrics");
+    assert!(
+        !follower.contains(&series),
+        "the follower settled:\n{follower}"
+    );
+    assert!(
+        !follower.contains("coupon_operator_reconciles_total{"),
+        "the follower reconciled:\n{follower}"
+    );
+    assert_eq!(
+        lease_holder(&cluster, &op_ns.name).as_deref(),
+        Some("operator-a")
+    );
+
+    a.kill();
+    let took = wait_holder(&cluster, &op_ns.name, "operator-b", Duration::from_secs(25)).await;
+    println!("operator-b leads {took:?} after operator-a was killed (lease 15 s)");
+    // The campaign keeps reconciling under the new leader.
+    cluster.ok(
+        &["apply", "-f", "-"],
+        Some(&campaign(&name, &ns.name, 15, 2).to_string()),
+    );
+    wait_campaign(
+        &cluster,
+        &b,
+        &ns.name,
+        &name,
+        Duration::from_secs(60),
+        "grown by the new leader",
+        |cc| {
+            cc["status"]["remaining"] == 45
+                && cc["status"]["observedGeneration"] == cc["metadata"]["generation"]
+        },
+    )
+    .await;
+    cluster.ok(
+        &["delete", "cc", &name, "-n", &ns.name, "--timeout=60s"],
+        None,
+    );
+}
+
+/// watchNamespaces: the authorizer refuses the operator outside its namespaces, and a campaign
+/// there is left alone while the one inside goes Live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_operator_leaves_other_namespaces_alone() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::from_env();
+    cluster.install_crds();
+    let op_ns = cluster.namespace("operator");
+    let inside = cluster.namespace("inside");
+    let outside = cluster.namespace("outside");
+    let dir = tempdir();
+    let watch = format!("watchNamespaces={{{}}}", inside.name);
+    let release = Release::install(&cluster, &op_ns.name, &[watch.as_str()]);
+    let sa = format!(
+        "system:serviceaccount:{}:{}",
+        op_ns.name,
+        release.service_account()
+    );
+    let can = |verb: &str, what: &str, ns: &str| {
+        let out = cluster.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", &sa], None);
+        out.stdout.trim() == "yes"
+    };
+    for (verb, what) in [
+        ("get", "secrets"),
+        ("list", "couponcampaigns.coupons.fcfs.dev"),
+        ("patch", "deployments.apps"),
+    ] {
+        assert!(can(verb, what, &inside.name), "{verb} {what} inside");
+        assert!(
+            !can(verb, what, &outside.name),
+            "{verb} {what} outside is allowed"
+        );
+    }
+    let out = cluster.kubectl(
+        &[
+            "auth",
+            "can-i",
+            "list",
+            "couponcampaigns.coupons.fcfs.dev",
+            "-A",
+            "--as",
+            &sa,
+        ],
+        None,
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        "no",
+        "cluster-wide list: {}{}",
+        out.stdout,
+        out.stderr
+    );
+
+    let kubeconfig = release.service_account_kubeconfig(dir.path());
+    backends_secret(&cluster, &inside.name);
+    backends_secret(&cluster, &outside.name);
+    let op = Operator::start(&release, &kubeconfig, "operator-0", dir.path());
+    let (near, far) = (campaign_name(), campaign_name());
+    cluster.ok(
+        &["apply", "-f", "-"],
+        Some(&campaign(&far, &outside.name, 5, 1).to_string()),
+    );
+    cluster.ok(
+        &["apply", "-f", "-"],
+        Some(&campaign(&near, &inside.name, 5, 1).to_string()),
+    );
+    wait_campaign(
+        &cluster,
+        &op,
+        &inside.name,
+        &near,
+        Duration::from_secs(60),
+        "Live inside",
+        |cc| cc["status"]["phase"] == "Live",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let left = get(&cluster, &outside.name, &["cc", &far]);
+    assert!(
+        left["status"].is_null(),
+        "the campaign outside got a status: {}",
+        left["status"]
+    );
+    assert!(
+        left["metadata"]["finalizers"].is_null(),
+        "and a finalizer: {}",
+        left["metadata"]
+    );
+    let children = cluster.ok(
+        &["get", "deployments", "-n", &outside.name, "-o", "name"],
+        None,
+    );
+    assert!(children.trim().is_empty(), "children outside: {children}");
+    cluster.ok(
+        &["delete", "cc", &near, "-n", &inside.name, "--timeout=60s"],
+        None,
+    );
+}
+
 /// A directory removed on drop.
 struct TempDir(std::path::PathBuf);
 

@@ -180,6 +180,22 @@ impl Operator {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// Its /metrics page (empty while it does not answer).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(&self.health) else {
+            return String::new();
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.health);
+        let mut page = String::new();
+        if conn.write_all(request.as_bytes()).is_ok() {
+            let _ = conn.read_to_string(&mut page);
+        }
+        page
+    }
+
+    /// SIGKILL, as a node loss or the OOM killer does it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
