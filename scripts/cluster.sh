@@ -250,14 +250,19 @@ start_etcd() {
 
 # --endpoint-reconciler-type none: the `kubernetes` Service (10.0.0.1) keeps no endpoints, since
 # Endpoints may not point at loopback (the reconciler would fail every 10 s) and no Pod runs anyway.
-# Every write (create, update, patch, delete) is logged at Metadata level, one JSON line each,
-# so tests can count the calls a client made and what the authorizer decided.
+# Every call of a ServiceAccount outside kube-system (the operators under test) and every write
+# is logged at Metadata level, one JSON line each, so tests can list the calls a client made
+# and what the authorizer decided. The controller-manager's own ServiceAccounts are left out.
 write_audit_policy() {
     cat >"$STATE/audit-policy.yaml" <<EOF
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+- level: None
+  userGroups: ["system:serviceaccounts:kube-system"]
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
 - level: None

@@ -216,21 +216,51 @@ impl Drop for Operator {
     }
 }
 
-/// Writes by `user` in the API server's audit log (create, update, patch, delete), as
-/// (verb, resource/subresource, name, HTTP code), excluding Leases and Events.
-pub fn writes_by(user: &str) -> Vec<(String, String, String, u64)> {
+/// The API server's audit log, one event per line (see scripts/cluster.sh's policy).
+fn audit_events() -> Vec<Value> {
     let path = std::env::var_os("KUBE_AUDIT_LOG").expect(
         "KUBE_AUDIT_LOG is not set: start the control plane with eval \"$(scripts/cluster.sh up)\"",
     );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "the audit log {} is unreadable ({e}): scripts/cluster.sh up writes it",
-            path.display()
-        )
+        panic!("the audit log {path:?} is unreadable ({e}): scripts/cluster.sh up writes it")
     });
     text.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// Every call `user` made, in RBAC's terms: (apiGroup, resource[/subresource], verb), and
+/// whether the authorizer allowed it.
+pub fn calls_by(user: &str) -> std::collections::BTreeSet<(String, String, String, bool)> {
+    audit_events()
+        .into_iter()
+        .filter(|e| e["user"]["username"] == user)
+        .filter_map(|e| {
+            let r = &e["objectRef"];
+            let resource = r["resource"].as_str()?;
+            let resource = match r["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_string(),
+            };
+            let allowed = e["annotations"]["authorization.k8s.io/decision"] == "allow";
+            Some((
+                r["apiGroup"].as_str().unwrap_or("").to_string(),
+                resource,
+                e["verb"].as_str()?.to_string(),
+                allowed,
+            ))
+        })
+        .collect()
+}
+
+/// Writes by `user` in the API server's audit log (create, update, patch, delete), as
+/// (verb, resource/subresource, name, HTTP code), excluding Leases and Events.
+pub fn writes_by(user: &str) -> Vec<(String, String, String, u64)> {
+    const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+    audit_events()
+        .into_iter()
         .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == user)
+        .filter(|e| WRITES.iter().any(|w| e["verb"] == *w))
         .filter_map(|e| {
             let r = &e["objectRef"];
             let resource = r["resource"].as_str()?.to_string();
@@ -250,5 +280,3 @@ pub fn writes_by(user: &str) -> Vec<(String, String, String, u64)> {
         })
         .collect()
 }
-
-pub const SETTLE: Duration = Duration::from_secs(60);
