@@ -345,6 +345,9 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
+                        // Secret volumes are 0440 and root-owned unless the pod has an fsGroup:
+                        // without it user 65532 cannot read its own mounted files.
+                        fs_group: Some(65532),
                         seccomp_profile: Some(SeccompProfile {
                             type_: "RuntimeDefault".into(),
                             ..SeccompProfile::default()

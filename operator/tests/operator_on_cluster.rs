@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::operator_process::{Operator, Release, calls_by, writes_by};
+use common::operator_process::{
+    Operator, Release, TempDir, calls_by, campaign_name, get, secret, wait_campaign, writes_by,
+};
 use common::tools::chart_grants;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -15,29 +17,19 @@ use std::collections::BTreeSet;
 /// One operator at a time: a cluster-wide one would reconcile the other tests' campaigns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn campaign_name() -> String {
-    format!("d{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
-}
-
 /// The backends' Secret the campaign's connections name by default.
 fn backends_secret(cluster: &Cluster, ns: &str) {
-    cluster.ok(
-        &[
-            "create",
-            "secret",
-            "generic",
-            "coupon-backends",
-            "-n",
-            ns,
-            &format!("--from-literal=REDIS_URL={}", coupon_e2e::redis_url()),
-            &format!(
-                "--from-literal=KAFKA_BROKERS={}",
-                coupon_e2e::kafka_brokers()
-            ),
-            &format!("--from-literal=DATABASE_URL={}", coupon_e2e::postgres_url()),
-        ],
-        None,
+    let (redis, kafka, db) = (
+        coupon_e2e::redis_url(),
+        coupon_e2e::kafka_brokers(),
+        coupon_e2e::postgres_url(),
     );
+    let data = [
+        ("REDIS_URL", redis.as_str()),
+        ("KAFKA_BROKERS", kafka.as_str()),
+        ("DATABASE_URL", db.as_str()),
+    ];
+    secret(cluster, ns, "coupon-backends", &data);
 }
 
 fn campaign(name: &str, ns: &str, quantity: i64, partitions: i32) -> Value {
@@ -50,45 +42,6 @@ fn campaign(name: &str, ns: &str, quantity: i64, partitions: i32) -> Value {
             "consumers": {"minReplicas": 1, "maxReplicas": 2}
         }
     })
-}
-
-fn get(cluster: &Cluster, ns: &str, what: &[&str]) -> Value {
-    let mut args = vec!["get", "-n", ns];
-    args.extend(what);
-    args.extend(["-o", "json"]);
-    serde_json::from_str(&cluster.ok(&args, None)).expect("json")
-}
-
-/// Polls the campaign until `done` holds; panics with the operator's log after `within`.
-async fn wait_campaign(
-    cluster: &Cluster,
-    op: &Operator,
-    ns: &str,
-    name: &str,
-    within: Duration,
-    what: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let out = cluster.kubectl(&["get", "cc", name, "-n", ns, "-o", "json"], None);
-        if out.ok {
-            let cc: Value = serde_json::from_str(&out.stdout).expect("json");
-            if done(&cc) {
-                return cc;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{what}: not reached in {within:?}; status {}\noperator log:\n{}",
-                    cc["status"],
-                    op.tail()
-                );
-            }
-        } else if Instant::now() > deadline {
-            panic!("{what}: {}\noperator log:\n{}", out.stderr, op.tail());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 fn condition<'a>(cc: &'a Value, kind: &str) -> &'a Value {
@@ -105,7 +58,7 @@ async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
     cluster.install_crds();
     let op_ns = cluster.namespace("operator");
     let ns = cluster.namespace("drop");
-    let dir = tempdir();
+    let dir = TempDir::new();
     let release = Release::install(&cluster, &op_ns.name, &["replicaCount=1"]);
     let kubeconfig = release.service_account_kubeconfig(dir.path());
     let user = format!(
@@ -116,7 +69,7 @@ async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
     backends_secret(&cluster, &ns.name);
     let op = Operator::start(&release, &kubeconfig, "operator-0", dir.path());
 
-    let name = campaign_name();
+    let name = campaign_name("d");
     let cc = campaign(&name, &ns.name, 40, 2);
     cluster.ok(&["apply", "-f", "-"], Some(&cc.to_string()));
     let live = wait_campaign(
@@ -353,7 +306,7 @@ async fn a_killed_leader_is_replaced_within_the_lease() {
     cluster.install_crds();
     let op_ns = cluster.namespace("operator");
     let ns = cluster.namespace("drop");
-    let dir = tempdir();
+    let dir = TempDir::new();
     let watch = format!("watchNamespaces={{{}}}", ns.name);
     let release = Release::install(&cluster, &op_ns.name, &[watch.as_str()]);
     let kubeconfig = release.service_account_kubeconfig(dir.path());
@@ -362,7 +315,7 @@ async fn a_killed_leader_is_replaced_within_the_lease() {
     wait_holder(&cluster, &op_ns.name, "operator-a", Duration::from_secs(30)).await;
     let b = Operator::start(&release, &kubeconfig, "operator-b", dir.path());
 
-    let name = campaign_name();
+    let name = campaign_name("d");
     cluster.ok(
         &["apply", "-f", "-"],
         Some(&campaign(&name, &ns.name, 10, 2).to_string()),
@@ -440,7 +393,7 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
     let op_ns = cluster.namespace("operator");
     let inside = cluster.namespace("inside");
     let outside = cluster.namespace("outside");
-    let dir = tempdir();
+    let dir = TempDir::new();
     let watch = format!("watchNamespaces={{{}}}", inside.name);
     let release = Release::install(&cluster, &op_ns.name, &[watch.as_str()]);
     let sa = format!(
@@ -487,7 +440,7 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
     backends_secret(&cluster, &inside.name);
     backends_secret(&cluster, &outside.name);
     let op = Operator::start(&release, &kubeconfig, "operator-0", dir.path());
-    let (near, far) = (campaign_name(), campaign_name());
+    let (near, far) = (campaign_name("d"), campaign_name("d"));
     cluster.ok(
         &["apply", "-f", "-"],
         Some(&campaign(&far, &outside.name, 5, 1).to_string()),
@@ -527,25 +480,4 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
         &["delete", "cc", &near, "-n", &inside.name, "--timeout=60s"],
         None,
     );
-}
-
-/// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir() -> TempDir {
-    let dir = std::env::temp_dir().join(format!("operator-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("tempdir");
-    TempDir(dir)
 }

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 pub mod campaigns;
 pub mod cluster;
 pub mod operator_process;
+pub mod pods;
 pub mod tools;
 
 pub const NS: &str = "default";

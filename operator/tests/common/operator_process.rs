@@ -280,3 +280,95 @@ pub fn writes_by(user: &str) -> Vec<(String, String, String, u64)> {
         })
         .collect()
 }
+
+/// A name no earlier run used: campaigns own Redis keys and a Kafka topic by name.
+pub fn campaign_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// `kubectl get -n NS WHAT -o json`, parsed.
+pub fn get(cluster: &Cluster, ns: &str, what: &[&str]) -> Value {
+    let mut args = vec!["get", "-n", ns];
+    args.extend(what);
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&cluster.ok(&args, None)).expect("json")
+}
+
+/// A generic Secret with literal values.
+pub fn secret(cluster: &Cluster, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let mut args = vec![
+        "create".to_string(),
+        "secret".into(),
+        "generic".into(),
+        name.into(),
+        "-n".into(),
+        ns.into(),
+    ];
+    args.extend(data.iter().map(|(k, v)| format!("--from-literal={k}={v}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.ok(&args, None);
+}
+
+/// Polls the campaign until `done` holds; panics with the operator's log after `within`.
+pub async fn wait_campaign(
+    cluster: &Cluster,
+    op: &Operator,
+    ns: &str,
+    name: &str,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = cluster.kubectl(&["get", "cc", name, "-n", ns, "-o", "json"], None);
+        if out.ok {
+            let cc: Value = serde_json::from_str(&out.stdout).expect("json");
+            if done(&cc) {
+                return cc;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not reached in {within:?}; status {}\noperator log:\n{}",
+                cc["status"],
+                op.tail()
+            );
+        } else {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {}\noperator log:\n{}",
+                out.stderr,
+                op.tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A scratch directory, removed on drop; others may read it (the pods' processes run as their
+/// own user and must reach their files in here).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("on-cluster-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("tempdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
