@@ -44,7 +44,7 @@ async fn load(
     for _ in 0..connections {
         let (pick, next, addr) = (pick.clone(), next.clone(), addr.to_string());
         tasks.push(tokio::spawn(async move {
-            let mut http = Http::new(&addr);
+            let http = Http::new(&addr);
             let mut out = Load::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

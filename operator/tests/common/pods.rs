@@ -21,8 +21,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::cluster::Cluster;
 use super::tools::binary;
@@ -48,30 +46,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Standard base64 (what the API server returns in `Secret.data`).
+/// `Secret.data` and `binaryData` values are standard base64.
 pub fn b64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c:?}"),
-        }
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=' && *c != b'\n').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, c)| acc | (val(*c) << (18 - 6 * i)));
-        for i in 0..chunk.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("not base64 ({e}): {s:?}"))
 }
 
 /// A Secret's or ConfigMap's keys and values.
@@ -555,98 +535,38 @@ impl Drop for Process {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection (enough for the API's JSON answers and the probes).
+/// HTTP to a process on loopback; the client keeps its connections alive.
 pub struct Http {
-    addr: String,
-    conn: Option<BufReader<TcpStream>>,
+    base: String,
+    client: reqwest::Client,
 }
 
 impl Http {
     pub fn new(addr: &str) -> Self {
         Self {
-            addr: addr.to_string(),
-            conn: None,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
         }
     }
 
-    /// One request; `Err` on a transport failure (the connection is dropped).
+    /// One request with an optional JSON body; `Err` on a transport failure.
     pub async fn call(
-        &mut self,
+        &self,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> Result<(u16, String), String> {
-        let result = self.exchange(method, path, body).await;
-        if result.is_err() {
-            self.conn = None;
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
-        result
-    }
-
-    async fn exchange(
-        &mut self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> Result<(u16, String), String> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        conn.get_mut()
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad status line {line:?}"))?;
-        let mut length = None;
-        let mut close = false;
-        loop {
-            line.clear();
-            conn.read_line(&mut line).await.map_err(|e| e.to_string())?;
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(':').unwrap_or((l, ""));
-            match k.to_ascii_lowercase().as_str() {
-                "content-length" => length = v.trim().parse::<usize>().ok(),
-                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
-                "transfer-encoding" => return Err("chunked answers are not supported".into()),
-                _ => {}
-            }
-        }
-        let mut buf = Vec::new();
-        match length {
-            Some(n) => {
-                buf.resize(n, 0);
-                conn.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
-            }
-            None => {
-                conn.read_to_end(&mut buf)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                close = true;
-            }
-        }
-        if close {
-            self.conn = None;
-        }
-        Ok((status, String::from_utf8_lossy(&buf).into_owned()))
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok((status, text))
     }
 }
 
