@@ -750,3 +750,31 @@ fn contains(live: &serde_json::Value, desired: &serde_json::Value) -> bool {
         (l, d) => l == d,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::contains;
+    use serde_json::json;
+
+    #[test]
+    fn the_live_object_contains_what_we_set_and_more() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "api", "image": "a:1"}]}}});
+        let defaulted = json!({"spec": {"replicas": 2, "revisionHistoryLimit": 10,
+            "template": {"containers": [{"name": "api", "image": "a:1", "imagePullPolicy": "IfNotPresent"}]}},
+            "status": {"replicas": 0}});
+        assert!(
+            contains(&defaulted, &desired),
+            "fields the server adds are not ours"
+        );
+        let scaled = json!({"spec": {"replicas": 5, "template": {"containers": [{"name": "api", "image": "a:1"}]}}});
+        assert!(!contains(&scaled, &desired), "an edit of a field we set");
+        let sidecar = json!({"spec": {"replicas": 2, "template": {"containers": [
+            {"name": "api", "image": "a:1"}, {"name": "x", "image": "x:1"}]}}});
+        assert!(!contains(&sidecar, &desired), "a list that grew");
+        assert!(!contains(&json!({"spec": {}}), &desired), "a field removed");
+        assert!(
+            contains(&json!({"a": 1.0}), &json!({"a": 1})),
+            "numbers by value"
+        );
+    }
+}
