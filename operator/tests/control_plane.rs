@@ -80,14 +80,8 @@ async fn the_api_server_enforces_every_rule_and_prints_the_columns() {
     cluster.ok(&["apply", "-f", "-"], Some(&grown.to_string()));
 
     let table = cluster.ok(&["get", "-n", &ns.name, "couponcampaigns"], None);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        header(&table),
         [
             "NAME",
             "PHASE",
@@ -104,14 +98,8 @@ async fn the_api_server_enforces_every_rule_and_prints_the_columns() {
         "{table}"
     );
     let wide = cluster.ok(&["get", "-n", &ns.name, "cc", "-o", "wide"], None);
-    let header: Vec<&str> = wide
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
     assert_eq!(
-        header,
+        header(&wide),
         [
             "NAME",
             "PHASE",
@@ -127,6 +115,16 @@ async fn the_api_server_enforces_every_rule_and_prints_the_columns() {
         "{wide}"
     );
     assert_eq!(cell(&wide, "PARTITIONS"), "6", "{wide}");
+}
+
+/// The column names of a table kubectl printed.
+fn header(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
 }
 
 /// The first row's value in `column` of a table kubectl printed (columns may be blank).

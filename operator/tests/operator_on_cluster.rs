@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::operator_process::{
-    Operator, Release, TempDir, calls_by, campaign_name, get, secret, wait_campaign, writes_by,
+    Operator, Release, TempDir, calls_by, campaign_name, events, get, secret, wait_campaign,
+    writes_by,
 };
 use common::tools::chart_grants;
 use serde_json::{Value, json};
@@ -96,22 +97,14 @@ async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
         "{}",
         live["metadata"]
     );
-    let events = get(
-        &cluster,
-        &ns.name,
-        &[
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-        ],
-    );
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
+    let reasons: Vec<String> = events(&cluster, &ns.name, &name)
         .into_iter()
-        .flatten()
-        .filter_map(|e| e["reason"].as_str())
+        .map(|(reason, _)| reason)
         .collect();
-    assert!(reasons.contains(&"Provisioned"), "events: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "Provisioned"),
+        "events: {reasons:?}"
+    );
 
     // Children: each owned by the campaign (controller reference), so the collector removes them.
     let uid = live["metadata"]["uid"].as_str().expect("uid");
@@ -229,22 +222,14 @@ async fn the_operator_as_its_service_account_runs_a_campaign_end_to_end() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    let events = get(
-        &cluster,
-        &ns.name,
-        &[
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name}"),
-        ],
-    );
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
+    let reasons: Vec<String> = events(&cluster, &ns.name, &name)
         .into_iter()
-        .flatten()
-        .filter_map(|e| e["reason"].as_str())
+        .map(|(reason, _)| reason)
         .collect();
-    assert!(reasons.contains(&"Cleanup"), "events: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r == "Cleanup"),
+        "events: {reasons:?}"
+    );
     drop(op);
 
     // The chart's RBAC against the calls the real authorizer judged: every call allowed, and

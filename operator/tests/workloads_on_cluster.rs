@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
 use common::operator_process::{
-    Operator, Release, TempDir, campaign_name, get, secret, wait_campaign,
+    Operator, Release, TempDir, campaign_name, events, get, secret, wait_campaign,
 };
 use common::pods::{Http, Pod, Process, wait_http};
 use coupon_core::campaign::{consumer_group, topic_name};
@@ -567,20 +567,10 @@ async fn consumers_scale_on_lag_and_back() {
         held >= WINDOW_SECS - 1,
         "scaled down {held} s after scaling up, inside the {WINDOW_SECS} s window"
     );
-    let events = get(
-        &cluster,
-        &ns.name,
-        &[
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={name},reason=Scaled"),
-        ],
-    );
-    let notes: Vec<&str> = events["items"]
-        .as_array()
+    let notes: Vec<String> = events(&cluster, &ns.name, &name)
         .into_iter()
-        .flatten()
-        .filter_map(|e| e["note"].as_str().or(e["message"].as_str()))
+        .filter(|(reason, _)| reason == "Scaled")
+        .map(|(_, note)| note)
         .collect();
     assert!(
         notes.iter().any(|n| n.contains("ScaleUp"))

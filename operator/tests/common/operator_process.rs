@@ -372,3 +372,21 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The Events about object `name` in `ns`, as (reason, note).
+pub fn events(cluster: &Cluster, ns: &str, name: &str) -> Vec<(String, String)> {
+    let field = format!("involvedObject.name={name}");
+    let list = get(cluster, ns, &["events", "--field-selector", &field]);
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+            (
+                text(&e["reason"]),
+                text(e.get("note").unwrap_or(&e["message"])),
+            )
+        })
+        .collect()
+}
