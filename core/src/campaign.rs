@@ -24,8 +24,9 @@ pub type UserId = u64;
 pub struct CampaignSpec {
     /// Coupon groups; `ids` may be a single id or an inclusive range like `"1-20"`.
     /// Bounded so the CRD's CEL rules stay within the API server's cost budget; a list map
-    /// keyed by `ids`, so the API server refuses a repeated entry (a CEL rule comparing every
-    /// pair was estimated far over that budget: the real server refused the CRD).
+    /// keyed by `ids`, so the API server refuses a repeated entry.
+    // Uniqueness by list-map key, not CEL: a rule comparing every pair was estimated far over
+    // the cost budget, and a real API server refused the CRD.
     #[schemars(
         length(min = 1, max = 200),
         extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ids"])

@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use common::cluster::{CRD_NAME, Cluster};
-use common::tools::{EVERY_OPTION, chart, helm_template, root};
+use common::operator_process::Release;
+use common::tools::{EVERY_OPTION, chart, helm_template};
 use serde_yaml::Value;
 
 /// How long garbage collection and helm's deletions may take to show.
@@ -50,27 +50,10 @@ fn resource(api_version: &str, kind: &str) -> String {
     }
 }
 
-/// Runs helm against the cluster's admin kubeconfig; (success, stdout, stderr).
-fn helm(cluster: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("helm")
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .current_dir(root())
-        .output()
-        .unwrap_or_else(|e| panic!("helm is not on PATH ({e}); run eval \"$(scripts/tools.sh)\""));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// helm that must succeed without a warning from the server (helm prints the API server's
 /// warnings, e.g. unknown or duplicate fields it dropped, on stderr); its stdout.
 fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
-    let (ok, out, err) = helm(cluster, args);
+    let (ok, out, err) = cluster.helm(args);
     assert!(ok, "helm {args:?} failed:\n{out}{err}");
     assert!(
         !err.to_lowercase().contains("warn"),
@@ -212,41 +195,17 @@ async fn assert_nothing_left(cluster: &Cluster, release: &str) {
         .await;
 }
 
-/// Uninstalls the release if the test stops before doing so itself, so a failed run leaves no
-/// ClusterRole behind (the namespace guards remove the rest). Declared after the namespace
-/// guards, it drops before them.
-struct Release<'a> {
-    cluster: &'a Cluster,
-    name: String,
-    namespace: String,
-}
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        let _ = helm(
-            self.cluster,
-            &[
-                "uninstall",
-                &self.name,
-                "-n",
-                &self.namespace,
-                "--ignore-not-found",
-            ],
-        );
-    }
-}
-
 #[tokio::test]
 async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() {
     let cluster = Cluster::from_env();
     let ns = cluster.namespace("helm");
     let shop_a = cluster.namespace("helm-shop-a");
     let shop_b = cluster.namespace("helm-shop-b");
-    let release = Release {
-        cluster: &cluster,
-        name: format!("hi-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        namespace: ns.name.clone(),
-    };
+    let release = Release::named(
+        &cluster,
+        &format!("hi-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        &ns.name,
+    );
     let name = release.name.as_str();
     let chart = chart();
     let chart = chart.to_str().expect("utf-8 path");
@@ -440,11 +399,11 @@ async fn helm_installs_upgrades_and_uninstalls_the_chart_on_a_real_api_server() 
 async fn the_longest_release_name_helm_allows_installs() {
     let cluster = Cluster::from_env();
     let ns = cluster.namespace("helm-long");
-    let release = Release {
-        cluster: &cluster,
-        name: format!("longest-release-name-{}", uuid::Uuid::new_v4().simple()),
-        namespace: ns.name.clone(),
-    };
+    let release = Release::named(
+        &cluster,
+        &format!("longest-release-name-{}", uuid::Uuid::new_v4().simple()),
+        &ns.name,
+    );
     let name = release.name.as_str();
     assert_eq!(name.len(), 53, "helm's limit");
     let chart = chart();
@@ -476,37 +435,34 @@ async fn the_longest_release_name_helm_allows_installs() {
 async fn a_namespace_listed_twice_is_refused_before_the_server_sees_anything() {
     let cluster = Cluster::from_env();
     let ns = cluster.namespace("helm-dup");
-    let release = Release {
-        cluster: &cluster,
-        name: format!("hi-dup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        namespace: ns.name.clone(),
-    };
+    let release = Release::named(
+        &cluster,
+        &format!("hi-dup-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        &ns.name,
+    );
     let name = release.name.as_str();
     let chart = chart();
     let chart = chart.to_str().expect("utf-8 path");
     let twice = format!("networkPolicy.namespaces={{{0},{0}}}", ns.name);
-    let (ok, out, err) = helm(
-        &cluster,
-        &[
-            "install",
-            name,
-            chart,
-            "-n",
-            &ns.name,
-            "--wait=false",
-            "--set",
-            "networkPolicy.enabled=true",
-            "--set",
-            &twice,
-        ],
-    );
+    let (ok, out, err) = cluster.helm(&[
+        "install",
+        name,
+        chart,
+        "-n",
+        &ns.name,
+        "--wait=false",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        &twice,
+    ]);
     assert!(!ok, "installed with a namespace listed twice: {out}");
     assert!(
         err.contains("values don't meet the specifications of the schema")
             && err.contains("networkPolicy.namespaces"),
         "{err}"
     );
-    let (found, _, _) = helm(&cluster, &["status", name, "-n", &ns.name]);
+    let (found, _, _) = cluster.helm(&["status", name, "-n", &ns.name]);
     assert!(!found, "a release was recorded");
     assert_nothing_left(&cluster, name).await;
 }

@@ -31,13 +31,17 @@ pub struct Bad {
     pub message: &'static str,
 }
 
-/// One bad campaign per CEL rule (`x-kubernetes-validations`).
-pub fn rule_cases() -> Vec<Bad> {
-    let bad = |patch: Value, message| Bad {
+/// The seed with `patch`, refused on create with `message`.
+fn bad(patch: Value, message: &'static str) -> Bad {
+    Bad {
         campaign: campaign(patch),
         updates_seed: false,
         message,
-    };
+    }
+}
+
+/// One bad campaign per CEL rule (`x-kubernetes-validations`).
+pub fn rule_cases() -> Vec<Bad> {
     vec![
         bad(
             json!({"coupons": [{"ids": "1-5", "name": "c", "discount": 1, "quantity": -3}]}),
@@ -63,11 +67,6 @@ pub fn rule_cases() -> Vec<Bad> {
 /// One bad campaign per kind of structural-schema constraint (list-map keys, pattern, enum,
 /// bounds, item counts, types); only a real API server checks these.
 pub fn schema_cases() -> Vec<Bad> {
-    let bad = |patch: Value, message| Bad {
-        campaign: campaign(patch),
-        updates_seed: false,
-        message,
-    };
     vec![
         bad(
             json!({"coupons": [

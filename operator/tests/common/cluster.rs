@@ -73,6 +73,25 @@ impl Cluster {
         }
     }
 
+    /// Runs helm (`scripts/tools.sh` puts it on PATH) with the admin kubeconfig; (success,
+    /// stdout, stderr).
+    pub fn helm(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("helm")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .current_dir(root())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("helm is not on PATH ({e}); run eval \"$(scripts/tools.sh)\"")
+            });
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// kubectl that must succeed; its stdout.
     pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl(args, stdin);

@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::cluster::Cluster;
-use super::tools::{binary, run};
+use super::tools::binary;
 
-/// A helm release of charts/coupon-operator; uninstalled on drop.
+/// A helm release of charts/coupon-operator; uninstalled on drop (so a failed test leaves no
+/// ClusterRole behind; the namespace guards remove the rest).
 pub struct Release<'a> {
     cluster: &'a Cluster,
     pub name: String,
@@ -20,25 +21,31 @@ pub struct Release<'a> {
 
 impl<'a> Release<'a> {
     pub fn install(cluster: &'a Cluster, namespace: &str, values: &[&str]) -> Self {
-        let name = format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let kubeconfig = cluster.kubeconfig.display().to_string();
+        let release = Self::named(
+            cluster,
+            &format!("op-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]),
+            namespace,
+        );
         let mut args = vec![
             "install",
-            &name,
+            &release.name,
             "charts/coupon-operator",
             "-n",
             namespace,
-            "--kubeconfig",
-            &kubeconfig,
         ];
         for v in values {
             args.extend(["--set", v]);
         }
-        let (ok, out, err) = run("helm", &args);
+        let (ok, out, err) = cluster.helm(&args);
         assert!(ok, "helm install: {out}{err}");
+        release
+    }
+
+    /// The guard alone, for a test that runs `helm install` itself.
+    pub fn named(cluster: &'a Cluster, name: &str, namespace: &str) -> Self {
         Self {
             cluster,
-            name,
+            name: name.to_string(),
             namespace: namespace.to_string(),
         }
     }
@@ -126,18 +133,13 @@ impl<'a> Release<'a> {
 
 impl Drop for Release<'_> {
     fn drop(&mut self) {
-        let kubeconfig = self.cluster.kubeconfig.display().to_string();
-        let _ = run(
-            "helm",
-            &[
-                "uninstall",
-                &self.name,
-                "-n",
-                &self.namespace,
-                "--kubeconfig",
-                &kubeconfig,
-            ],
-        );
+        let _ = self.cluster.helm(&[
+            "uninstall",
+            &self.name,
+            "-n",
+            &self.namespace,
+            "--ignore-not-found",
+        ]);
     }
 }
 
