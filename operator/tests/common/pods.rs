@@ -422,9 +422,20 @@ impl Pod {
         let (program, rest) = command.split_first().expect("command");
         let mut all_args = rest.to_vec();
         all_args.extend(args);
+        // The binary goes into the pod's root, as into an image: the pod's user may not reach
+        // the build directory (a checkout in a private temporary directory, as CI's is).
+        let image_bin = root.join("bin");
+        std::fs::create_dir_all(&image_bin).expect("bin dir");
+        std::fs::set_permissions(&image_bin, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let in_image = image_bin.join(program);
+        if !in_image.exists() {
+            // Once per pod root: a running binary cannot be overwritten.
+            std::fs::copy(binary(program), &in_image).expect("copy the binary into the pod's root");
+        }
         Pod {
             name: name.to_string(),
-            program: binary(program),
+            program: in_image,
             args: all_args,
             env,
             ports,
