@@ -37,6 +37,7 @@ CM_PORT=10257
 SERVICE_CIDR=10.0.0.0/24
 SERVICE_IP=10.0.0.1
 COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+WITH_NODE=
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -72,7 +73,7 @@ go_build() {
 # cache entry and renamed into place, so an interrupted build never leaves a partial entry.
 build() {
     local name missing=
-    for name in etcd kube-apiserver kube-controller-manager kubectl; do
+    for name in etcd kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler; do
         [[ -x $BIN/$name ]] || missing=1
     done
     [[ -z $missing ]] && return 0
@@ -93,7 +94,7 @@ build() {
         ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
         ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     done
-    for name in kube-apiserver kube-controller-manager kubectl; do
+    for name in kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler; do
         go_build "$name" "$MODULES/kube" "$tmp/bin/$name" -ldflags "$ldflags" "k8s.io/kubernetes/cmd/$name"
     done
     rm -rf "$BUILD"
@@ -143,7 +144,8 @@ EOF
 make_pki() {
     local f missing=
     for f in pki/ca.crt pki/apiserver.crt pki/admin.crt pki/controller-manager.crt pki/front-proxy-ca.crt \
-        pki/front-proxy-client.crt pki/sa.key pki/sa.pub admin.kubeconfig controller-manager.kubeconfig; do
+        pki/front-proxy-client.crt pki/sa.key pki/sa.pub pki/apiserver-kubelet-client.crt pki/scheduler.crt \
+        pki/node.crt admin.kubeconfig controller-manager.kubeconfig scheduler.kubeconfig node.kubeconfig; do
         [[ -s $STATE/$f ]] || missing=1
     done
     [[ -z $missing ]] && return 0
@@ -161,6 +163,10 @@ make_pki() {
         "subjectAltName=IP:$HOST,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
     cert admin "/O=system:masters/CN=admin" "$client"
     cert controller-manager "/CN=system:kube-controller-manager" "$client"
+    cert scheduler "/CN=system:kube-scheduler" "$client"
+    # the node's kubelet (the Node authorizer's identity) and the apiserver's calls to it (logs)
+    cert node "/O=system:nodes/CN=system:node:$NODE_NAME" "$client"
+    cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
     # the aggregation layer's front proxy: its own CA, as kubeadm does; the apiserver publishes it
     # in kube-system/extension-apiserver-authentication, where delegated authentication reads it
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fcfs-coupons front-proxy CA" \
@@ -171,6 +177,8 @@ make_pki() {
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
     kubeconfig "$KUBECONFIG_FILE" admin
     kubeconfig "$STATE/controller-manager.kubeconfig" controller-manager
+    kubeconfig "$STATE/scheduler.kubeconfig" scheduler
+    kubeconfig "$STATE/node.kubeconfig" node
     umask "$old_umask"
 }
 
@@ -182,20 +190,28 @@ port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
 # pid_of NAME: the pid of NAME started by `up`, if it still runs
 pid_of() {
     local name=$1 pid
-    [[ -r $STATE/$name.pid ]] || return 1
+    [[ -r $STATE/$name.pid && -r $STATE/$name.program ]] || return 1
     pid=$(<"$STATE/$name.pid")
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-    # the process is ours if its argv[0] is the binary `start` ran
-    [[ $(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1) == "$BIN/$name" ]] && echo "$pid"
+    # the process is ours if its argv[0] is the program `start` ran
+    [[ $(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | head -n 1) == "$(<"$STATE/$name.program")" ]] && echo "$pid"
 }
 
 # start NAME ARGS...: NAME from the cache in the background, its output in STATE/NAME.log
 start() {
     local name=$1
     shift
+    start_program "$name" "$BIN/$name" "$@"
+}
+
+# start_program NAME PROGRAM ARGS...: PROGRAM in the background as NAME
+start_program() {
+    local name=$1 program=$2
+    shift 2
     log "starting $name (log: $STATE/$name.log)"
-    setsid nohup "$BIN/$name" "$@" >"$STATE/$name.log" 2>&1 </dev/null 9>&- &
+    setsid nohup "$program" "$@" >"$STATE/$name.log" 2>&1 </dev/null 9>&- &
     echo $! >"$STATE/$name.pid"
+    echo "$program" >"$STATE/$name.program"
 }
 
 # fail NAME MESSAGE: the message and the end of NAME's log; stop what `up` started, exit
@@ -206,6 +222,7 @@ fail() {
         log "last lines of $logfile:"
         tail -n 40 "$logfile" >&2
     fi
+    [[ -n $WITH_NODE ]] && node_down
     for c in kube-controller-manager kube-apiserver etcd; do stop "$c"; done
     exit 1
 }
@@ -234,7 +251,7 @@ stop() {
         for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -0 "$pid" 2>/dev/null && { log "$name did not exit, killing it"; kill -9 "$pid"; }
     fi
-    rm -f "$STATE/$name.pid"
+    rm -f "$STATE/$name.pid" "$STATE/$name.program"
 }
 
 start_etcd() {
@@ -276,7 +293,10 @@ start_apiserver() {
         --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
         --client-ca-file "$PKI/ca.crt" \
         --authorization-mode Node,RBAC \
-        --enable-admission-plugins NodeRestriction \
+        --enable-admission-plugins NodeRestriction,PodTolerationRestriction \
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+        --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+        --kubelet-preferred-address-types InternalIP \
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
@@ -303,6 +323,9 @@ start_controller_manager() {
     wait_for kube-controller-manager kubectl_admin -n default get serviceaccount default
 }
 
+# shellcheck source=scripts/cluster-node.sh
+source "$REPO/scripts/cluster-node.sh"
+
 print_env() {
     printf 'export KUBECONFIG=%q\n' "$KUBECONFIG_FILE"
     printf 'export KUBECTL=%q\n' "$KUBECTL"
@@ -323,10 +346,12 @@ cmd_up() {
     build
     if all_running && api_ready; then
         log "the cluster already serves on https://$HOST:$API_PORT"
+        [[ -z $WITH_NODE ]] || node_up
         print_env
         return 0
     fi
     local name port
+    node_leftovers && node_down
     for name in kube-controller-manager kube-apiserver etcd; do stop "$name"; done
     for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$API_PORT" "$CM_PORT"; do
         port_open "$port" && die "something else listens on $HOST:$port; stop it first"
@@ -337,6 +362,7 @@ cmd_up() {
     start_apiserver
     start_controller_manager
     log "the cluster serves on https://$HOST:$API_PORT (started in $((SECONDS - start))s)"
+    [[ -z $WITH_NODE ]] || node_up
     print_env
 }
 
@@ -345,6 +371,7 @@ cmd_down() {
     exec 9>"$STATE/up.lock"
     flock -w 7200 9 || die "could not lock $STATE/up.lock"
     local name
+    node_leftovers && node_down
     for name in kube-controller-manager kube-apiserver etcd; do stop "$name"; done
 }
 
@@ -357,14 +384,27 @@ cmd_status() {
         else echo "$name down ($HOST:$port)"; fi
     done
     if api_ready; then echo "kube-apiserver /readyz ok (KUBECONFIG=$KUBECONFIG_FILE)"; else echo "kube-apiserver not ready"; fi
+    for name in "${NODE_COMPONENTS[@]}"; do
+        if pid=$(pid_of "$name"); then echo "$name running: pid $pid (log: $STATE/$name.log)"; fi
+    done
+    if node_ready; then echo "node $NODE_NAME Ready (pods on $POD_CIDR, gateway $POD_GATEWAY)"
+    elif node_leftovers; then echo "node $NODE_NAME not Ready"; fi
     if [[ -x $KUBECTL ]]; then echo "binaries: $BIN (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
     else echo "binaries: not built yet ($BIN; \`up\` builds them)"; fi
 }
 
-case "${1:-}" in
+command=${1:-}
+shift || true
+for arg in "$@"; do
+    case "$arg" in
+        --node) WITH_NODE=1 ;;
+        *) echo "unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+case "$command" in
     up) cmd_up ;;
     down) cmd_down ;;
     env) print_env ;;
     status) cmd_status ;;
-    *) echo "usage: $0 up|down|env|status" >&2; exit 2 ;;
+    *) echo "usage: $0 up [--node]|down|env|status" >&2; exit 2 ;;
 esac

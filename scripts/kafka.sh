@@ -6,7 +6,9 @@
 #   scripts/kafka.sh jars              resolve the jars (once); print their directory
 #   scripts/kafka.sh start DIR PORT    format DIR on first start, start the node, wait until it serves;
 #                                      prints the pid. Listeners: PLAINTEXT PORT, SSL PORT+1,
-#                                      SASL_SSL (SCRAM-SHA-512) PORT+2, controller PORT+3.
+#                                      SASL_SSL (SCRAM-SHA-512) PORT+2, controller PORT+3;
+#                                      with KAFKA_PODS_PORT also PODS there (plaintext, advertised
+#                                      as $POD_GATEWAY, where scripts/cluster.sh's node relays it).
 #   scripts/kafka.sh stop DIR          stop the node started on DIR (SIGTERM, then SIGKILL)
 #   scripts/kafka.sh pid DIR           print its pid if it runs
 #   scripts/kafka.sh tool CLASS ARGS   run a Kafka tool, e.g. org.apache.kafka.tools.AclCommand
@@ -25,6 +27,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 POM="$HERE/kafka/pom.xml"
 HOST=127.0.0.1
+# where the pods of scripts/cluster.sh's node reach this machine (its relays forward to loopback)
+POD_GATEWAY="${POD_GATEWAY:-10.244.0.1}"
 TIMEOUT="${KAFKA_TIMEOUT:-90}"
 USERS=(admin coupon-api coupon-consumer coupon-operator)
 
@@ -92,15 +96,19 @@ make_tls() {
 
 write_config() {
     local dir=$1 port=$2
-    local ssl=$((port + 1)) sasl=$((port + 2)) ctl=$((port + 3))
+    local ssl=$((port + 1)) sasl=$((port + 2)) ctl=$((port + 3)) pods_listener= pods_advertised=
+    if [[ -n ${KAFKA_PODS_PORT:-} ]]; then
+        pods_listener=",PODS://$HOST:$KAFKA_PODS_PORT"
+        pods_advertised=",PODS://$POD_GATEWAY:$KAFKA_PODS_PORT"
+    fi
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$ctl
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://$HOST:$port,SSL://$HOST:$ssl,SASL_SSL://$HOST:$sasl,CONTROLLER://$HOST:$ctl
-advertised.listeners=PLAINTEXT://$HOST:$port,SSL://$HOST:$ssl,SASL_SSL://$HOST:$sasl
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$HOST:$port,SSL://$HOST:$ssl,SASL_SSL://$HOST:$sasl,CONTROLLER://$HOST:$ctl$pods_listener
+advertised.listeners=PLAINTEXT://$HOST:$port,SSL://$HOST:$ssl,SASL_SSL://$HOST:$sasl$pods_advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT,PODS:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 offsets.topic.replication.factor=1

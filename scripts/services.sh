@@ -12,7 +12,8 @@
 # DATABASE_URL, MYSQL_DATABASE_URL) are kept as they are and the matching service is left alone.
 # Besides those, `up` exports the secured Kafka listeners of the node it started:
 # KAFKA_SSL_BROKERS, KAFKA_SASL_BROKERS, KAFKA_CA_FILE (the CA that signed the node),
-# KAFKA_USERS_FILE (user=password lines of its SCRAM users) and KAFKA_DIR (for scripts/kafka.sh).
+# KAFKA_USERS_FILE (user=password lines of its SCRAM users), KAFKA_DIR (for scripts/kafka.sh) and
+# KAFKA_POD_BROKERS (the plaintext listener that pods on scripts/cluster.sh's node reach).
 # REDIS_CLUSTER_REPLICAS=1 gives every master a replica (ports 7103-7105).
 # SERVICES_TIMEOUT (seconds, default 60) bounds every wait. State lives in $REPO/.services/.
 set -euo pipefail
@@ -25,6 +26,9 @@ REDIS_PORT=6379
 PG_PORT=5432
 MYSQL_PORT=3306
 KAFKA_PORT=9092
+# Kafka's listener for the pods of `scripts/cluster.sh up --node`, advertised at their gateway
+KAFKA_PODS_PORT=9096
+POD_GATEWAY=10.244.0.1
 DB_NAME=coupons
 SCRIPTS="$REPO/scripts"
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -209,12 +213,12 @@ start_kafka() {
         die "something else listens on $HOST:$KAFKA_PORT; stop it or set KAFKA_BROKERS"
     fi
     need openssl openssl
-    "$SCRIPTS/kafka.sh" start "$KAFKA_DIR" "$KAFKA_PORT" >/dev/null 9>&-
+    KAFKA_PODS_PORT=$KAFKA_PODS_PORT POD_GATEWAY=$POD_GATEWAY "$SCRIPTS/kafka.sh" start "$KAFKA_DIR" "$KAFKA_PORT" >/dev/null 9>&-
     # read by cmd_up's export loop through ${!v}
     # shellcheck disable=SC2034
     KAFKA_BROKERS="$HOST:$KAFKA_PORT" KAFKA_SSL_BROKERS="$HOST:$((KAFKA_PORT + 1))" \
         KAFKA_SASL_BROKERS="$HOST:$((KAFKA_PORT + 2))" KAFKA_CA_FILE="$KAFKA_DIR/tls/ca.pem" \
-        KAFKA_USERS_FILE="$KAFKA_DIR/users.properties"
+        KAFKA_USERS_FILE="$KAFKA_DIR/users.properties" KAFKA_POD_BROKERS="$POD_GATEWAY:$KAFKA_PODS_PORT"
 }
 
 cmd_up() {
@@ -232,7 +236,7 @@ cmd_up() {
 
     local v
     for v in REDIS_URL REDIS_CLUSTER_URL KAFKA_BROKERS DATABASE_URL MYSQL_DATABASE_URL \
-        KAFKA_SSL_BROKERS KAFKA_SASL_BROKERS KAFKA_CA_FILE KAFKA_USERS_FILE; do
+        KAFKA_SSL_BROKERS KAFKA_SASL_BROKERS KAFKA_CA_FILE KAFKA_USERS_FILE KAFKA_POD_BROKERS; do
         [[ -n ${!v:-} ]] && printf 'export %s=%q\n' "$v" "${!v}"
     done
     [[ -z ${KAFKA_SSL_BROKERS:-} ]] || printf 'export KAFKA_DIR=%q\n' "$KAFKA_DIR"

@@ -1,0 +1,3 @@
+module fcfs-coupons/scripts/images/pause
+
+go 1.24
