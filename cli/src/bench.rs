@@ -557,7 +557,7 @@ async fn api_phase(
     };
     let before = cpu();
     let outcome = load::run(LoadOptions {
-        target: format!("http://{listen}"),
+        targets: vec![format!("http://{listen}")],
         scenario: Scenario::Max,
         time_scale: 1.0,
         think: Duration::ZERO,

@@ -29,7 +29,8 @@ pub const SEED_STAGES: [(u64, usize); 5] = [(60, 20), (120, 50), (120, 100), (24
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub target: String,
+    /// Base URLs of the API; requests go to them in turn (pods addressed without a Service).
+    pub targets: Vec<String>,
     pub scenario: Scenario,
     /// Compresses the seed stages (0.1: one minute) without changing their shape.
     pub time_scale: f64,
@@ -123,6 +124,7 @@ struct Shared {
     sent: AtomicU64,
     accepted: AtomicU64,
     active_vus: AtomicUsize,
+    next_target: AtomicUsize,
 }
 
 fn target_vus(elapsed: Duration, scale: f64) -> Option<usize> {
@@ -160,7 +162,9 @@ impl Shared {
     }
 
     async fn send(&self, log: &mut WorkerLog, coupon: CouponId, user: UserId) -> Duration {
-        let url = format!("{}/api/coupons/{coupon}/issue", self.opts.target);
+        let targets = &self.opts.targets;
+        let target = &targets[self.next_target.fetch_add(1, Ordering::Relaxed) % targets.len()];
+        let url = format!("{target}/api/coupons/{coupon}/issue");
         let started = Instant::now();
         let mut request = self
             .client
@@ -257,6 +261,9 @@ pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
     if opts.coupons.is_empty() {
         return Err("no coupons to request".into());
     }
+    if opts.targets.is_empty() {
+        return Err("no API to send requests to".into());
+    }
     let connections = match opts.scenario {
         Scenario::Seed => SEED_STAGES.iter().map(|(_, v)| *v).max().unwrap_or(1),
         Scenario::Max | Scenario::Hot => opts.connections.max(1),
@@ -278,6 +285,7 @@ pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
         sent: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         active_vus: AtomicUsize::new(0),
+        next_target: AtomicUsize::new(0),
     });
     let progress = shared.opts.progress.then(|| progress_bar(total));
     let ticker = progress.clone().map(|bar| {

@@ -116,9 +116,10 @@ enum Command {
     },
     /// Drive the API over HTTP, then report requests, drain and integrity (the seed's report).
     Load {
-        /// Base URL of the API.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        target: String,
+        /// Base URL of the API; several, comma separated, take the requests in turn (API pods
+        /// addressed directly, without a Service or load balancer in front).
+        #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+        target: Vec<String>,
         #[arg(long, env = "CAMPAIGN")]
         campaign: String,
         /// Compresses the seed's 10 minutes (0.1: one minute).
@@ -188,14 +189,14 @@ struct LoadArgs {
 impl LoadArgs {
     fn options(
         &self,
-        target: String,
+        targets: Vec<String>,
         time_scale: f64,
         coupons: &[(u32, i64)],
     ) -> load::LoadOptions {
         let mut by_size: Vec<_> = coupons.to_vec();
         by_size.sort_by_key(|(id, q)| (*q, *id));
         load::LoadOptions {
-            target,
+            targets,
             scenario: self.scenario,
             time_scale: time_scale.clamp(0.001, 100.0),
             think: Duration::from_millis(self.think_ms),
@@ -369,7 +370,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             let (report, running) = demo::run(
                 b,
                 &campaign,
-                |target| load.options(target, time_scale, &coupons),
+                |target| load.options(vec![target], time_scale, &coupons),
                 load.accepted.as_deref(),
             )
             .await
@@ -469,10 +470,13 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 gate: &gate,
                 ledger: &ledger,
             };
-            let target = target.trim_end_matches('/').to_string();
+            let targets = target
+                .iter()
+                .map(|t| t.trim_end_matches('/').to_string())
+                .collect();
             let report = report::load_and_report(
                 &books,
-                load.options(target, time_scale, &coupons),
+                load.options(targets, time_scale, &coupons),
                 load.accepted.as_deref(),
             )
             .await

@@ -222,11 +222,39 @@ pub const API_PRE_STOP_SECONDS: i64 = 5;
 pub const DEFAULT_WORKLOAD_IMAGE: &str =
     concat!("ghcr.io/fcfs-coupons/coupon:", env!("CARGO_PKG_VERSION"));
 
-fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> Deployment {
+/// The workloads' image when a campaign names none, and the pull policy of every workload
+/// container (`None`: Kubernetes' default; `Never` on a node whose images were preloaded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadImage {
+    pub name: String,
+    pub pull_policy: Option<String>,
+}
+
+impl From<&str> for WorkloadImage {
+    fn from(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            pull_policy: None,
+        }
+    }
+}
+
+fn deployment(
+    cc: &CouponCampaign,
+    c: Component,
+    replicas: i32,
+    image: &WorkloadImage,
+) -> Deployment {
     let conn = &cc.spec.connections;
+    let pull_policy = image.pull_policy.clone();
     let (image, resources, port, env, readiness) = match c {
         Component::Api => (
-            cc.spec.api.image.as_deref().unwrap_or(image).to_string(),
+            cc.spec
+                .api
+                .image
+                .as_deref()
+                .unwrap_or(&image.name)
+                .to_string(),
             cc.spec.api.resources.clone(),
             API_PORT,
             [
@@ -246,7 +274,7 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                 .image
                 .as_deref()
                 .or(cc.spec.api.image.as_deref())
-                .unwrap_or(image)
+                .unwrap_or(&image.name)
                 .to_string(),
             cc.spec.consumers.resources.clone(),
             CONSUMER_METRICS_PORT,
@@ -298,6 +326,7 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
                     containers: vec![Container {
                         name: c.binary().into(),
                         image: Some(image),
+                        image_pull_policy: pull_policy,
                         command: Some(vec![c.binary().into()]),
                         env: Some(env),
                         ports: Some(vec![ContainerPort {
@@ -364,12 +393,16 @@ fn deployment(cc: &CouponCampaign, c: Component, replicas: i32, image: &str) -> 
 }
 
 /// `image` is the default for a campaign that names none.
-pub fn api_deployment(cc: &CouponCampaign, image: &str) -> Deployment {
+pub fn api_deployment(cc: &CouponCampaign, image: &WorkloadImage) -> Deployment {
     deployment(cc, Component::Api, cc.spec.api.replicas, image)
 }
 
 /// The consumer Deployment with the autoscaler's replica count.
-pub fn consumer_deployment(cc: &CouponCampaign, replicas: i32, image: &str) -> Deployment {
+pub fn consumer_deployment(
+    cc: &CouponCampaign,
+    replicas: i32,
+    image: &WorkloadImage,
+) -> Deployment {
     deployment(cc, Component::Consumer, replicas, image)
 }
 
@@ -409,7 +442,7 @@ pub fn disruption_budget(cc: &CouponCampaign, c: Component) -> PodDisruptionBudg
 
 /// Every child of the campaign in `path`, as one multi-document YAML (what reconcile applies,
 /// with the minimum consumer replicas).
-pub fn manifests_for(path: &std::path::Path, image: &str) -> Result<String, String> {
+pub fn manifests_for(path: &std::path::Path, image: &WorkloadImage) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut cc: CouponCampaign =
@@ -456,27 +489,61 @@ mod tests {
             .expect("spec"),
         );
         assert_eq!(
-            image(&api_deployment(&cc, "chart:1")).as_deref(),
+            image(&api_deployment(&cc, &"chart:1".into())).as_deref(),
             Some("chart:1")
         );
         assert_eq!(
-            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            image(&consumer_deployment(&cc, 1, &"chart:1".into())).as_deref(),
             Some("chart:1")
         );
         cc.spec.api.image = Some("own:2".into());
         assert_eq!(
-            image(&api_deployment(&cc, "chart:1")).as_deref(),
+            image(&api_deployment(&cc, &"chart:1".into())).as_deref(),
             Some("own:2")
         );
         assert_eq!(
-            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            image(&consumer_deployment(&cc, 1, &"chart:1".into())).as_deref(),
             Some("own:2")
         );
         cc.spec.consumers.image = Some("consumer:3".into());
         assert_eq!(
-            image(&consumer_deployment(&cc, 1, "chart:1")).as_deref(),
+            image(&consumer_deployment(&cc, 1, &"chart:1".into())).as_deref(),
             Some("consumer:3")
         );
+    }
+
+    #[test]
+    fn the_pull_policy_is_kubernetes_default_unless_set() {
+        let cc = CouponCampaign::new(
+            "c",
+            serde_json::from_value(serde_json::json!({
+                "coupons": [{"ids": "1", "name": "c", "discount": 1, "quantity": 1}]
+            }))
+            .expect("spec"),
+        );
+        let policy = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .expect("spec")
+                .template
+                .spec
+                .as_ref()
+                .expect("pod")
+                .containers[0]
+                .image_pull_policy
+                .clone()
+        };
+        assert_eq!(policy(&api_deployment(&cc, &"chart:1".into())), None);
+        let preloaded = WorkloadImage {
+            name: "chart:1".into(),
+            pull_policy: Some("Never".into()),
+        };
+        for d in [
+            api_deployment(&cc, &preloaded),
+            consumer_deployment(&cc, 1, &preloaded),
+        ] {
+            assert_eq!(policy(&d).as_deref(), Some("Never"));
+        }
     }
 
     #[test]
@@ -496,7 +563,10 @@ mod tests {
             }))
             .expect("spec"),
         );
-        for d in [api_deployment(&cc, "i"), consumer_deployment(&cc, 1, "i")] {
+        for d in [
+            api_deployment(&cc, &"i".into()),
+            consumer_deployment(&cc, 1, &"i".into()),
+        ] {
             let pod = d.spec.and_then(|s| s.template.spec).expect("pod spec");
             let volumes = pod.volumes.expect("volumes");
             let secrets: Vec<_> = volumes
@@ -523,7 +593,7 @@ mod tests {
         let plain = CouponCampaign::new("p", cc.spec.clone());
         let mut plain = plain;
         plain.spec.connections = Connections::default();
-        let pod = api_deployment(&plain, "i")
+        let pod = api_deployment(&plain, &"i".into())
             .spec
             .and_then(|s| s.template.spec);
         assert!(pod.is_some_and(|p| p.volumes.is_none()));

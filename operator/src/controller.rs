@@ -138,8 +138,8 @@ pub struct Context {
     /// How often a live campaign is looked at again (lag and scaling).
     pub period: Duration,
     pub metrics: crate::metrics::Metrics,
-    /// Image of workloads whose campaign names none.
-    pub workload_image: String,
+    /// Image of workloads whose campaign names none, and their pull policy.
+    pub workload_image: children::WorkloadImage,
     /// Reservations are settled, and a lost gate rebuilt, only this long after the fact (more
     /// than the API's delivery deadline).
     pub settle_after: Duration,
@@ -175,7 +175,7 @@ impl Context {
         self
     }
 
-    pub fn with_workload_image(mut self, image: String) -> Self {
+    pub fn with_workload_image(mut self, image: children::WorkloadImage) -> Self {
         self.workload_image = image;
         self
     }

@@ -31,6 +31,10 @@ struct Args {
     /// its own image).
     #[arg(long, env = "WORKLOAD_IMAGE", default_value = coupon_operator::children::DEFAULT_WORKLOAD_IMAGE)]
     workload_image: String,
+    /// Pull policy of the workloads' containers (Always, IfNotPresent, Never); unset leaves
+    /// Kubernetes' default. The chart passes its image.pullPolicy.
+    #[arg(long, env = "WORKLOAD_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    workload_image_pull_policy: Option<String>,
     /// Seconds between settlement rounds (every reservation ends issued or released).
     #[arg(long, env = "SETTLE_EVERY_SECS", default_value_t = 10)]
     settle_every_secs: u64,
@@ -64,10 +68,15 @@ async fn main() -> ExitCode {
         health_listen,
         log_format,
         workload_image,
+        workload_image_pull_policy,
         settle_every_secs,
         settle_after_ms,
         watch_namespaces,
     } = Args::parse();
+    let workload_image = coupon_operator::children::WorkloadImage {
+        name: workload_image,
+        pull_policy: workload_image_pull_policy,
+    };
     match command.unwrap_or(Command::Run) {
         Command::Crdgen => {
             print!("{}", coupon_operator::crd::crd_yaml());
@@ -114,7 +123,7 @@ struct Settlement {
 
 async fn run(
     health_listen: SocketAddr,
-    workload_image: String,
+    workload_image: coupon_operator::children::WorkloadImage,
     settlement: Settlement,
     namespaces: Vec<String>,
 ) -> Result<(), String> {
