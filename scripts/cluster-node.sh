@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # One node for the control plane of scripts/cluster.sh (sourced by it; `up --node`, `down`):
 # containerd with Debian's runc, the kubelet (cgroup v1 allowed, cgroupfs driver), kube-scheduler,
 # and a bridge CNI network, all as root on this machine. Nothing is pulled: the images come from

@@ -96,7 +96,7 @@ make_tls() {
 
 write_config() {
     local dir=$1 port=$2
-    local ssl=$((port + 1)) sasl=$((port + 2)) ctl=$((port + 3)) pods_listener= pods_advertised=
+    local ssl=$((port + 1)) sasl=$((port + 2)) ctl=$((port + 3)) pods_listener='' pods_advertised=''
     if [[ -n ${KAFKA_PODS_PORT:-} ]]; then
         pods_listener=",PODS://$HOST:$KAFKA_PODS_PORT"
         pods_advertised=",PODS://$POD_GATEWAY:$KAFKA_PODS_PORT"
