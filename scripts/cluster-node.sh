@@ -15,13 +15,17 @@
 # NODE_TAINT (KEY=VALUE:EFFECT, empty by default) registers the node with that taint: the test
 # suite taints it so that only namespaces whose pods tolerate it (PodTolerationRestriction's
 # namespace annotation) run on it and every other test's pods stay Pending as before.
-# State: $STATE/node/ (containerd, the kubelet's root, pod logs, CNI config and leases).
+# State: /var/lib/fcfs-coupons-node (containerd, the kubelet's root, pod logs, CNI config and
+# leases); logs of the processes in $STATE.
 
 NODE_NAME=fcfs-node
 NODE_BRIDGE=fcfs0
 POD_CIDR=10.244.0.0/24
 POD_GATEWAY=10.244.0.1
-NODE_STATE="$STATE/node"
+# Outside the checkout: a checkout in a private directory (mode 0700, as CI's may be) would keep
+# the pods' non-root users from their own files; one node per machine in any case (the bridge,
+# the iptables rules and the kubelet's ports are the machine's).
+NODE_STATE=/var/lib/fcfs-coupons-node
 # unix socket paths are limited to 108 bytes: a short directory of its own under /run
 NODE_RUN=/run/fcfs-coupons-node
 CONTAINERD_SOCKET="$NODE_RUN/containerd.sock"
@@ -194,6 +198,10 @@ node_up() {
     node_down
     local start=$SECONDS
     mkdir -p "$NODE_STATE"
+    local dir
+    for dir in /var/lib/kubelet /var/lib/cni; do
+        [[ -e $dir ]] || touch "$NODE_STATE/made$(tr / - <<<"$dir")"
+    done
     network_up
     relays_up
     containerd_up
@@ -233,7 +241,12 @@ node_down() {
         for c in $("${ctr[@]}" containers list -q 2>/dev/null); do "${ctr[@]}" containers delete "$c" >/dev/null 2>&1 || true; done
     fi
     stop containerd
-    for port in "${RELAY_PORTS[@]}"; do stop "relay-$port"; done
+    # socat forks a child per connection: the relay's whole process group goes
+    local pid
+    for port in "${RELAY_PORTS[@]}"; do
+        pid=$(pid_of "relay-$port") && kill -- "-$pid" 2>/dev/null
+        stop "relay-$port"
+    done
     # the pods' network namespaces (their veths go with them), volumes and overlay mounts
     local ns
     for ns in /run/netns/cni-*; do [[ -e $ns ]] && ip netns delete "$(basename "$ns")" 2>/dev/null; done
@@ -251,5 +264,10 @@ node_down() {
     fi
     ip link delete "$NODE_BRIDGE" 2>/dev/null || true
     [[ -r $NODE_STATE/ip_forward.saved ]] && cat "$NODE_STATE/ip_forward.saved" >/proc/sys/net/ipv4/ip_forward
+    # what the kubelet (device plugins) and the CNI library (results) keep at fixed places
+    local dir
+    for dir in /var/lib/kubelet /var/lib/cni; do
+        [[ -e $NODE_STATE/made$(tr / - <<<"$dir") ]] && rm -rf "$dir"
+    done
     rm -rf "$NODE_STATE" "$NODE_RUN"
 }

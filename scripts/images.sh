@@ -20,7 +20,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-release}"
-OUT="$REPO/target/images"
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+OUT="$TARGET/images"
 CHART="$REPO/charts/coupon-operator"
 BINARIES=(coupon-operator coupon-api coupon-consumer couponctl)
 PAUSE_IMAGE=localhost/pause:3.10
@@ -56,7 +57,7 @@ binaries() {
     fi
     local b
     for b in "${BINARIES[@]}"; do
-        [[ -x $REPO/target/$PROFILE/$b ]] || die "target/$PROFILE/$b missing (cargo build --bins first)"
+        [[ -x $TARGET/$PROFILE/$b ]] || die "target/$PROFILE/$b missing (cargo build --bins first)"
     done
 }
 
@@ -65,11 +66,11 @@ coupon_rootfs() {
     local root=$1 b lib
     mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$root/home/nonroot"
     for b in "${BINARIES[@]}"; do
-        cp "$REPO/target/$PROFILE/$b" "$root/usr/local/bin/"
+        cp "$TARGET/$PROFILE/$b" "$root/usr/local/bin/"
         strip --strip-debug "$root/usr/local/bin/$b"
     done
     # every library the binaries load, at the path the dynamic linker looks for it
-    for lib in $(for b in "${BINARIES[@]}"; do ldd "$REPO/target/$PROFILE/$b"; done |
+    for lib in $(for b in "${BINARIES[@]}"; do ldd "$TARGET/$PROFILE/$b"; done |
         awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
         mkdir -p "$root$(dirname "$lib")"
         cp -L "$lib" "$root$lib"
@@ -112,7 +113,7 @@ fingerprint() {
         echo "$PAUSE_IMAGE"
         sha256sum "$REPO/scripts/images.sh" "$REPO/scripts/images/pause/main.go"
         local b
-        for b in "${BINARIES[@]}"; do sha256sum "$REPO/target/$PROFILE/$b"; done
+        for b in "${BINARIES[@]}"; do sha256sum "$TARGET/$PROFILE/$b"; done
     } | sha256sum | cut -c1-16
 }
 
