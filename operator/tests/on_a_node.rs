@@ -142,6 +142,23 @@ async fn rolled_out(
     }
 }
 
+/// Until the campaign's `status.FIELD` reads `want`.
+async fn campaign_reaches(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    field: &str,
+    want: &str,
+    within: Duration,
+) {
+    let path = format!("jsonpath={{.status.{field}}}");
+    cluster
+        .wait_for(&["get", "cc", name, "-n", ns, "-o", &path], within, |v| {
+            v == want
+        })
+        .await;
+}
+
 /// Names of the Running pods matching `selector`.
 fn pods(cluster: &Cluster, ns: &str, selector: &str) -> Vec<(String, Value)> {
     let list = get(cluster, ns, &["pods", "-l", selector]);
@@ -241,7 +258,7 @@ impl Traffic {
                         t[i % t.len()].clone()
                     };
                     i += 1;
-                    let r = mix(n, seed);
+                    let r = common::mix(n, seed);
                     let (coupon, user) = (r % 100 + 1, (r >> 8) % 150_000 + 1);
                     let answer = client
                         .post(format!("http://{address}:8080/api/coupons/{coupon}/issue"))
@@ -287,24 +304,13 @@ impl Traffic {
         let mut all = Answers::default();
         for t in self.tasks {
             let part = t.await.expect("traffic task");
-            all.accepted.accepted.extend(part.accepted.accepted);
-            all.accepted.ambiguous.extend(part.accepted.ambiguous);
+            common::absorb(&mut all.accepted, part.accepted);
             for (k, v) in part.codes {
                 *all.codes.entry(k).or_default() += v;
             }
         }
         all
     }
-}
-
-/// splitmix64: a cheap deterministic (coupon, user) mix.
-fn mix(i: usize, seed: u64) -> u64 {
-    let mut z = (i as u64)
-        .wrapping_add(seed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Every answer was one a client may get during a drop: no request failed on its way, none
@@ -513,21 +519,15 @@ async fn the_users_path_on_a_real_node() {
             .replace("name: seed\n", &format!("name: {name}\n"));
     cluster.ok(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest));
     let (api, consumers) = (format!("{name}-api"), format!("{name}-consumer"));
-    cluster
-        .wait_for(
-            &[
-                "get",
-                "cc",
-                &name,
-                "-n",
-                &ns.name,
-                "-o",
-                "jsonpath={.status.phase}",
-            ],
-            Duration::from_secs(120),
-            |phase| phase == "Live",
-        )
-        .await;
+    campaign_reaches(
+        &cluster,
+        &ns.name,
+        &name,
+        "phase",
+        "Live",
+        Duration::from_secs(120),
+    )
+    .await;
     rolled_out(&cluster, &ns.name, &api, Duration::from_secs(120), |_| true).await;
     rolled_out(
         &cluster,
@@ -647,8 +647,7 @@ async fn the_users_path_on_a_real_node() {
     let disrupted = traffic.finish().await;
     println!("{sent} requests during the disruptions");
     all_answered("pods deleted and API rolled", &disrupted);
-    all.accepted.extend(disrupted.accepted.accepted);
-    all.ambiguous.extend(disrupted.accepted.ambiguous);
+    common::absorb(&mut all, disrupted.accepted);
     books_balance(&name, &all, dir.path(), "disruptions");
 
     // Lag: the one consumer pod cut off from Kafka (its fetches and heartbeats refused) while
@@ -700,21 +699,15 @@ async fn the_users_path_on_a_real_node() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let during_lag = traffic.finish().await;
     all_answered("a consumer cut off", &during_lag);
-    cluster
-        .wait_for(
-            &[
-                "get",
-                "cc",
-                &name,
-                "-n",
-                &ns.name,
-                "-o",
-                "jsonpath={.status.lag}",
-            ],
-            Duration::from_secs(180),
-            |lag| lag == "0",
-        )
-        .await;
+    campaign_reaches(
+        &cluster,
+        &ns.name,
+        &name,
+        "lag",
+        "0",
+        Duration::from_secs(180),
+    )
+    .await;
     println!(
         "drained by the new consumers {:?} after the cut",
         cut_at.elapsed()
@@ -742,8 +735,7 @@ async fn the_users_path_on_a_real_node() {
         );
     }
     drop(cut);
-    all.accepted.extend(during_lag.accepted.accepted);
-    all.ambiguous.extend(during_lag.accepted.ambiguous);
+    common::absorb(&mut all, during_lag.accepted);
     books_balance(&name, &all, dir.path(), "lag drained");
     drop(release);
     println!("took {:?}", started.elapsed());

@@ -88,23 +88,12 @@ async fn load(
     let mut all = Load::default();
     for t in tasks {
         let part = t.await.expect("load task");
-        all.accepted.accepted.extend(part.accepted.accepted);
-        all.accepted.ambiguous.extend(part.accepted.ambiguous);
+        common::absorb(&mut all.accepted, part.accepted);
         for (k, v) in part.codes {
             *all.codes.entry(k).or_default() += v;
         }
     }
     all
-}
-
-/// A cheap deterministic mix (splitmix64) for coupon and user picks.
-fn mix(i: usize, seed: u64) -> u64 {
-    let mut z = (i as u64)
-        .wrapping_add(seed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// The books: drained, then I1–I6 with the 202s' request ids (I4 must really run).
@@ -328,7 +317,7 @@ async fn the_workload_pod_specs_run_and_keep_the_books() {
     let target = api_pod.addr(8080);
     let loaded = Instant::now();
     let result = load(&target, 3000, 32, |i| {
-        let r = mix(i, 7);
+        let r = common::mix(i, 7);
         ((r % 2) as u32 + 1, (r >> 8) % 400 + 1)
     })
     .await;

@@ -291,3 +291,19 @@ pub async fn backends() -> (coupon_core::gate::RedisGate, coupon_core::ledger::L
         .expect("ledger");
     (gate, ledger)
 }
+
+/// splitmix64: a cheap deterministic mix for the load tests' (coupon, user) picks.
+pub fn mix(i: usize, seed: u64) -> u64 {
+    let mut z = (i as u64)
+        .wrapping_add(seed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Adds one load's request ids to another's.
+pub fn absorb(into: &mut coupon_core::verify::AcceptedLog, from: coupon_core::verify::AcceptedLog) {
+    into.accepted.extend(from.accepted);
+    into.ambiguous.extend(from.ambiguous);
+}
