@@ -140,14 +140,24 @@ EOF
 }
 
 # DIR/data -> KAFKA_DATA_ROOT/<hash of DIR>; a link whose target vanished (a reboot) is a new node.
+# A DIR without the link is a new node too (a fresh checkout at a path an earlier one used): its
+# stale target is wiped, or the old log would skip formatting and its SCRAM users would not match.
+# <target>.owner names DIR (written before the target exists); a target whose DIR is gone is
+# removed, as tmpfs is memory.
 link_data() {
-    local dir=$1 root=${KAFKA_DATA_ROOT:-/dev/shm} target
+    local dir=$1 root=${KAFKA_DATA_ROOT:-/dev/shm} target owner
     [[ -d $root && -w $root ]] || { mkdir -p "$dir/data"; return 0; }
     target="$root/fcfs-kafka-$(printf '%s' "$dir" | sha256sum | cut -c1-12)"
+    for owner in "$root"/fcfs-kafka-*.owner; do
+        [[ -f $owner && $owner != "$target.owner" && ! -d $(<"$owner") ]] || continue
+        rm -rf "${owner%.owner}" "$owner"
+    done
     if [[ -L $dir/data && ! -d $target ]]; then
         rm -f "$dir/data"
     fi
     if [[ ! -e $dir/data ]]; then
+        rm -rf "$target"
+        printf '%s' "$dir" >"$target.owner"
         mkdir -p "$target"
         ln -s "$target" "$dir/data"
     fi

@@ -69,7 +69,8 @@ impl KafkaNode {
     pub fn remove_data(&self) {
         let link = self.dir.join("data");
         if let Ok(target) = std::fs::canonicalize(&link) {
-            let _ = std::fs::remove_dir_all(target);
+            let _ = std::fs::remove_dir_all(&target);
+            let _ = std::fs::remove_file(target.with_extension("owner"));
         }
         let _ = std::fs::remove_file(&link);
         let _ = std::fs::remove_dir_all(&link);
@@ -136,16 +137,33 @@ pub fn listeners() -> Listeners {
             panic!("{name} is not set: run the tests through scripts/test.sh (services.sh starts the secured listeners)")
         })
     };
-    let users = std::fs::read_to_string(var("KAFKA_USERS_FILE")).expect("the SCRAM users file");
     Listeners {
         ssl: var("KAFKA_SSL_BROKERS"),
         sasl: var("KAFKA_SASL_BROKERS"),
         ca: var("KAFKA_CA_FILE").into(),
-        users: users
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(u, p)| (u.to_string(), p.to_string()))
-            .collect(),
+        users: read_users(Path::new(&var("KAFKA_USERS_FILE"))),
+    }
+}
+
+/// `user=password` lines, as `scripts/kafka.sh` writes them at format time.
+fn read_users(file: &Path) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("the SCRAM users file {}: {e}", file.display()));
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .collect()
+}
+
+impl KafkaNode {
+    /// This node's secured listeners and SCRAM users.
+    pub fn listeners(&self) -> Listeners {
+        Listeners {
+            ssl: format!("127.0.0.1:{}", self.port + 1),
+            sasl: format!("127.0.0.1:{}", self.port + 2),
+            ca: self.dir.join("tls/ca.pem"),
+            users: read_users(&self.dir.join("users.properties")),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use coupon_core::campaign::{consumer_group, topic_name};
 use coupon_e2e::binaries::{Environments, bin, run_drop};
-use coupon_e2e::kafka_node::{grant_campaign, listeners, partitions};
+use coupon_e2e::kafka_node::{KafkaNode, grant_campaign, listeners, partitions};
 use coupon_e2e::tls::{Pki, free_port};
 use coupon_e2e::unique;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -94,6 +94,44 @@ async fn every_binary_over_sasl_scram_with_its_own_least_privilege() {
         format!("{refused:?}").contains("Authorization"),
         "the API's principal reading: {refused:?}"
     );
+}
+
+/// A checkout deleted and cloned again at the same path (CI's clone, every run) is a new node:
+/// `kafka.sh` formats it afresh with new SCRAM users, though the old log lives on in the tmpfs
+/// its `data/` linked to. Before, the old log was taken for this node's: formatting was skipped,
+/// no users file was written and the secured listeners' tests could not log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_cloned_again_at_the_same_path_gets_a_new_node_and_users() {
+    let dir = std::env::temp_dir().join(unique("kafka-reclone"));
+    let node_dir = dir.join(".services/kafka");
+    let mut first = KafkaNode::start(&node_dir).await.expect("first node");
+    let first_users = first.listeners().users;
+    first.kill9().await;
+    drop(first);
+    std::fs::remove_dir_all(&dir).expect("the checkout removed");
+
+    let second = KafkaNode::start(&node_dir).await.expect("second node");
+    let l = second.listeners();
+    assert_ne!(
+        l.users["coupon-api"], first_users["coupon-api"],
+        "the second node kept the first one's users"
+    );
+    let admin: BaseConsumer = l.client("admin").create().expect("client");
+    let metadata = tokio::task::spawn_blocking(move || {
+        admin
+            .fetch_metadata(None, Duration::from_secs(20))
+            .map(|m| m.brokers().len())
+    })
+    .await
+    .expect("joins");
+    assert_eq!(
+        metadata.expect("the new users log in over SASL_SSL"),
+        1,
+        "one broker"
+    );
+    second.remove_data();
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What is wrong, the Kafka variables that are wrong that way, what the error must say.
