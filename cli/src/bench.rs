@@ -22,6 +22,8 @@ use uuid::Uuid;
 
 use crate::load::{self, LoadOptions, Scenario};
 use crate::{plan, procs};
+use coupon_report::recorder::Recorder;
+use coupon_report::timeline::Timeline;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,6 +51,9 @@ pub struct BenchReport {
     pub cpu: Vec<CpuLine>,
     /// The same as microseconds per request, as `couponctl plan --from` reads them.
     pub costs: plan::Costs,
+    pub run: coupon_report::run::RunInfo,
+    /// The API phase on one Redis, second by second.
+    pub api_timeline: Timeline,
 }
 
 /// CPU each process spent per 1,000 accepted requests in one phase (None: not measured there,
@@ -175,6 +180,7 @@ fn rate(n: usize, took: Duration) -> f64 {
 
 pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, String> {
     let err = |e: coupon_core::Error| e.to_string();
+    let run = coupon_report::run::RunInfo::now();
     let stamp = Utc::now().format("%m%d%H%M%S").to_string();
     let name = format!("bench-{stamp}");
     let manifest = format!(
@@ -495,6 +501,12 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         lines,
         cpu,
         costs,
+        api_timeline: Timeline {
+            seconds: outcome.seconds.clone(),
+            load_end_s: outcome.elapsed.as_secs_f64(),
+            ..Timeline::default()
+        },
+        run,
     })
 }
 
@@ -556,19 +568,22 @@ async fn api_phase(
         )
     };
     let before = cpu();
-    let outcome = load::run(LoadOptions {
-        targets: vec![format!("http://{listen}")],
-        scenario: Scenario::Max,
-        time_scale: 1.0,
-        think: Duration::ZERO,
-        connections: opts.connections,
-        duration: opts.duration,
-        coupons: (1..=100).collect(),
-        hot_coupons: Vec::new(),
-        users: 1_000_000_000,
-        progress: false,
-        tokens: None,
-    })
+    let outcome = load::run(
+        LoadOptions {
+            targets: vec![format!("http://{listen}")],
+            scenario: Scenario::Max,
+            time_scale: 1.0,
+            think: Duration::ZERO,
+            connections: opts.connections,
+            duration: opts.duration,
+            coupons: (1..=100).collect(),
+            hot_coupons: Vec::new(),
+            users: 1_000_000_000,
+            progress: false,
+            tokens: None,
+        },
+        Arc::new(Recorder::new()),
+    )
     .await?;
     let after = cpu();
     let rss_mb = api.peak_rss_mb();

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use coupon_core::campaign::{CouponId, UserId};
+use coupon_report::recorder::{Answer, Recorder};
+use coupon_report::timeline::{Second, SoldOut};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -109,6 +111,9 @@ pub struct LoadOutcome {
     /// 503 answers that carried a request id: may or may not be issued.
     pub ambiguous: Vec<Uuid>,
     pub max_vus: usize,
+    /// Answers per second by code, latency percentiles and users, on the recorder's clock.
+    pub seconds: Vec<Second>,
+    pub sold_out: Vec<SoldOut>,
 }
 
 impl LoadOutcome {
@@ -125,6 +130,7 @@ struct Shared {
     accepted: AtomicU64,
     active_vus: AtomicUsize,
     next_target: AtomicUsize,
+    recorder: Arc<Recorder>,
 }
 
 fn target_vus(elapsed: Duration, scale: f64) -> Option<usize> {
@@ -161,7 +167,15 @@ impl Shared {
         }
     }
 
-    async fn send(&self, log: &mut WorkerLog, coupon: CouponId, user: UserId) -> Duration {
+    /// Sends one request and logs its answer; `expected_interval` is the closed loop's usual
+    /// pace (zero for the seed's paced users), for the per-second latency.
+    async fn send(
+        &self,
+        log: &mut WorkerLog,
+        coupon: CouponId,
+        user: UserId,
+        expected_interval: Duration,
+    ) -> Duration {
         let targets = &self.opts.targets;
         let target = &targets[self.next_target.fetch_add(1, Ordering::Relaxed) % targets.len()];
         let url = format!("{target}/api/coupons/{coupon}/issue");
@@ -184,6 +198,12 @@ impl Shared {
             Err(_) => ("transport_error".into(), None),
         };
         let took = started.elapsed();
+        self.recorder.record(Answer {
+            coupon,
+            code: &code,
+            latency: Some(took),
+            expected_interval,
+        });
         match (code.as_str(), id) {
             ("accepted", Some(id)) => {
                 log.accepted.push(id);
@@ -224,7 +244,7 @@ async fn seed_vu(shared: Arc<Shared>, index: usize) -> WorkerLog {
             active = true;
         }
         let (coupon, user) = shared.pick(&mut rng);
-        let took = shared.send(&mut log, coupon, user).await;
+        let took = shared.send(&mut log, coupon, user, Duration::ZERO).await;
         if let Some(h) = log.histogram.as_mut() {
             let _ = h.record(took.as_micros().max(1) as u64);
         }
@@ -245,7 +265,12 @@ async fn closed_loop(shared: Arc<Shared>) -> WorkerLog {
     let (mut n, mut total_us) = (0u64, 0u64);
     while shared.started.elapsed() < shared.opts.duration {
         let (coupon, user) = shared.pick(&mut rng);
-        let took = shared.send(&mut log, coupon, user).await.as_micros().max(1) as u64;
+        let usual = Duration::from_micros(total_us.checked_div(n).unwrap_or(0));
+        let took = shared
+            .send(&mut log, coupon, user, usual)
+            .await
+            .as_micros()
+            .max(1) as u64;
         n += 1;
         total_us += took;
         // A closed loop sends less while the server stalls; correcting with the usual interval
@@ -257,7 +282,8 @@ async fn closed_loop(shared: Arc<Shared>) -> WorkerLog {
     log
 }
 
-pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
+/// Runs the load; answers go to `recorder` second by second as well.
+pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutcome, String> {
     if opts.coupons.is_empty() {
         return Err("no coupons to request".into());
     }
@@ -286,7 +312,22 @@ pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
         accepted: AtomicU64::new(0),
         active_vus: AtomicUsize::new(0),
         next_target: AtomicUsize::new(0),
+        recorder,
     });
+    let sampler = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                shared.recorder.users(match shared.opts.scenario {
+                    Scenario::Seed => shared.active_vus.load(Ordering::Relaxed),
+                    _ => connections,
+                });
+                shared.recorder.seal();
+            }
+        })
+    };
     let progress = shared.opts.progress.then(|| progress_bar(total));
     let ticker = progress.clone().map(|bar| {
         let shared = shared.clone();
@@ -326,6 +367,8 @@ pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
         accepted: Vec::new(),
         ambiguous: Vec::new(),
         max_vus: connections,
+        seconds: Vec::new(),
+        sold_out: Vec::new(),
     };
     for t in tasks {
         let log = t.await.map_err(|e| format!("load worker failed: {e}"))?;
@@ -339,6 +382,8 @@ pub async fn run(opts: LoadOptions) -> Result<LoadOutcome, String> {
         outcome.ambiguous.extend(log.ambiguous);
     }
     outcome.elapsed = shared.started.elapsed();
+    sampler.abort();
+    (outcome.seconds, outcome.sold_out) = shared.recorder.finish();
     if let Some(t) = ticker {
         t.abort();
     }

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod load;
+mod page;
 mod plan;
 mod procs;
 mod report;
@@ -89,6 +90,9 @@ enum Command {
         cluster_url: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Also write the report as one self-contained HTML page to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// How many API pods, Redis masters, partitions and consumers a drop needs, from CPU per
     /// request measured by `couponctl bench` (docs/capacity.md explains the model).
@@ -173,6 +177,10 @@ struct LoadArgs {
     /// Also write the report as Markdown to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page (charts of how the run unfolded)
+    /// to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -217,9 +225,12 @@ impl LoadArgs {
     /// Prints the report; the exit status says whether every invariant held.
     fn finish(&self, report: &report::Report) -> Result<ExitCode, coupon_core::Error> {
         if let Some(path) = &self.markdown {
-            std::fs::write(path, report.render_markdown()).map_err(|e| {
-                coupon_core::Error::Unexpected(format!("cannot write {}: {e}", path.display()))
-            })?;
+            write(path, &report.render_markdown())?;
+        }
+        if let Some(path) = &self.html {
+            let html = page::drop_page(report)
+                .map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
+            write(path, &html)?;
         }
         if self.json {
             println!("{}", to_json(report));
@@ -367,7 +378,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 .iter()
                 .map(|c| (c.id, c.quantity))
                 .collect();
-            let (report, running) = demo::run(
+            let (mut report, running) = demo::run(
                 b,
                 &campaign,
                 |target| load.options(vec![target], time_scale, &coupons),
@@ -381,6 +392,15 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                     running.gate, running.broker, running.ledger
                 );
             }
+            report.run.backends = vec![
+                ("gate".into(), running.gate.into()),
+                ("broker".into(), running.broker.into()),
+                ("ledger".into(), running.ledger.into()),
+                (
+                    "API and consumer".into(),
+                    "in this process (couponctl demo)".into(),
+                ),
+            ];
             load.finish(&report)
         }
         Command::Plan {
@@ -431,6 +451,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             raw_ops,
             cluster_url,
             json,
+            html,
         } => {
             let report = bench::run(
                 b,
@@ -443,6 +464,11 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             )
             .await
             .map_err(coupon_core::Error::Unexpected)?;
+            if let Some(path) = &html {
+                let page = page::bench_page(&report)
+                    .map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
+                write(path, &page)?;
+            }
             if json {
                 println!("{}", to_json(&report));
             } else {
@@ -474,13 +500,19 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 .iter()
                 .map(|t| t.trim_end_matches('/').to_string())
                 .collect();
-            let report = report::load_and_report(
+            let mut report = report::load_and_report(
                 &books,
                 load.options(targets, time_scale, &coupons),
                 load.accepted.as_deref(),
             )
             .await
             .map_err(coupon_core::Error::Unexpected)?;
+            report.run.backends = vec![
+                ("API".into(), target.join(", ")),
+                ("gate".into(), without_credentials(b.redis_url())),
+                ("broker".into(), b.kafka_brokers().to_string()),
+                ("ledger".into(), without_credentials(b.database_url()?)),
+            ];
             load.finish(&report)
         }
         Command::Reconcile {
@@ -521,9 +553,28 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
     }
 }
 
+fn write(path: &std::path::Path, text: &str) -> Result<(), coupon_core::Error> {
+    std::fs::write(path, text).map_err(|e| {
+        coupon_core::Error::Unexpected(format!("cannot write {}: {e}", path.display()))
+    })
+}
+
 fn read(path: &PathBuf) -> Result<String, coupon_core::Error> {
     std::fs::read_to_string(path)
         .map_err(|e| coupon_core::Error::Unexpected(format!("cannot read {}: {e}", path.display())))
+}
+
+/// A URL for the report: user and password dropped.
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(not a URL)".into(),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {

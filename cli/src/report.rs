@@ -10,7 +10,11 @@ use coupon_core::campaign::{CouponId, consumer_group};
 use coupon_core::gate::StockGate;
 use coupon_core::ledger::Ledger;
 use coupon_core::verify::{AcceptedLog, Status, VerifyInput, VerifyReport, verify};
+use coupon_report::recorder::Recorder;
+use coupon_report::run::RunInfo;
+use coupon_report::timeline::{LagSample, Timeline};
 use serde::Serialize;
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use crate::load::{self, LoadOptions, LoadOutcome, Scenario};
@@ -35,13 +39,6 @@ pub struct Latency {
     pub max: f64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LagSample {
-    pub at_s: f64,
-    pub lag: i64,
-}
-
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionShare {
@@ -59,11 +56,14 @@ pub struct Tier {
     pub issued: i64,
     pub issue_rate_pct: f64,
     pub sold_out_coupons: usize,
+    /// When the tier's last coupon first answered sold out (seconds since the start).
+    pub sold_out_at_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    pub run: RunInfo,
     pub campaign: String,
     pub scenario: Scenario,
     pub requests: u64,
@@ -72,7 +72,8 @@ pub struct Report {
     pub max_vus: usize,
     pub latency_ms: Latency,
     pub outcomes: BTreeMap<String, u64>,
-    pub lag_samples: Vec<LagSample>,
+    /// Second by second: answers, latency, users, lag per partition, sell-outs.
+    pub timeline: Timeline,
     /// Seconds from the last answer until the lag was zero; `None` if it never drained.
     pub drained_after_s: Option<f64>,
     pub partitions: Vec<PartitionShare>,
@@ -97,48 +98,38 @@ pub async fn load_and_report(
     let group = consumer_group(books.campaign);
     let probe = LagProbe::new(books.kafka, &group).map_err(|e| e.to_string())?;
     let before = probe.lag(books.topic).await.map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = RunInfo::now();
+    let recorder = Arc::new(Recorder::new());
+    let lag = Arc::new(Mutex::new(Vec::new()));
     let sampler = {
-        let (probe, samples) = (probe.clone(), samples.clone());
+        let (probe, lag, recorder) = (probe.clone(), lag.clone(), recorder.clone());
         let topic = books.topic.to_string();
         tokio::spawn(async move {
             loop {
-                if let Ok(l) = probe.lag(&topic).await {
-                    let sample = LagSample {
-                        at_s: started.elapsed().as_secs_f64(),
-                        lag: l.iter().map(|p| p.lag).sum(),
-                    };
-                    if let Ok(mut s) = samples.lock() {
-                        s.push(sample);
-                    }
+                if let Ok(sample) = sample_lag(&probe, &topic, &recorder).await
+                    && let Ok(mut l) = lag.lock()
+                {
+                    l.push(sample);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };
     let scenario = opts.scenario;
-    let outcome = load::run(opts).await?;
+    let outcome = load::run(opts, recorder.clone()).await?;
     let finished = Instant::now();
+    let load_end_s = recorder.elapsed().as_secs_f64();
     sampler.abort();
-    // An aborted task yields no samples; they are kept in the shared vector instead.
-    let mut lag_samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     let _ = sampler.await;
+    // The aborted sampler's samples are kept in the shared vector.
+    let mut lag_samples = std::mem::take(&mut *lag.lock().unwrap_or_else(|e| e.into_inner()));
     let mut drained_after_s = None;
     let deadline = finished + Duration::from_secs(120);
     while Instant::now() < deadline {
-        let lag: i64 = probe
-            .lag(books.topic)
-            .await
-            .map_err(|e| e.to_string())?
-            .iter()
-            .map(|p| p.lag)
-            .sum();
-        lag_samples.push(LagSample {
-            at_s: started.elapsed().as_secs_f64(),
-            lag,
-        });
-        if lag == 0 {
+        let sample = sample_lag(&probe, books.topic, &recorder).await?;
+        let drained = sample.total() == 0;
+        lag_samples.push(sample);
+        if drained {
             drained_after_s = Some(finished.elapsed().as_secs_f64());
             break;
         }
@@ -172,16 +163,38 @@ pub async fn load_and_report(
         .distinct_users(books.campaign)
         .await
         .map_err(|e| e.to_string())?;
+    let timeline = Timeline {
+        seconds: outcome.seconds.clone(),
+        lag: lag_samples,
+        sold_out: outcome.sold_out.clone(),
+        marks: Vec::new(),
+        load_end_s,
+    };
     Ok(build(
+        run,
         books.campaign,
         scenario,
         &outcome,
-        lag_samples,
+        timeline,
         drained_after_s,
         partitions,
         integrity,
         users,
     ))
+}
+
+/// Lag per partition, in partition order, by the probe the operator scales on.
+async fn sample_lag(
+    probe: &LagProbe,
+    topic: &str,
+    recorder: &Recorder,
+) -> Result<LagSample, String> {
+    let mut lags = probe.lag(topic).await.map_err(|e| e.to_string())?;
+    lags.sort_by_key(|p| p.partition);
+    Ok(LagSample {
+        at_s: recorder.elapsed().as_secs_f64(),
+        partitions: lags.iter().map(|p| p.lag).collect(),
+    })
 }
 
 fn shares(
@@ -215,10 +228,11 @@ fn shares(
 
 #[allow(clippy::too_many_arguments)]
 fn build(
+    run: RunInfo,
     campaign: &str,
     scenario: Scenario,
     o: &LoadOutcome,
-    lag_samples: Vec<LagSample>,
+    timeline: Timeline,
     drained_after_s: Option<f64>,
     partitions: Vec<PartitionShare>,
     integrity: VerifyReport,
@@ -260,11 +274,14 @@ fn build(
                 issue_rate_pct: 100.0 * issued as f64
                     / (quantity_each * coupons.len() as i64).max(1) as f64,
                 sold_out_coupons: coupons.iter().filter(|(_, i)| *i >= quantity_each).count(),
+                sold_out_at_s: timeline
+                    .sold_out_at(&coupons.iter().map(|(id, _)| *id).collect::<Vec<_>>()),
             }
         })
         .collect();
     let requests = o.requests();
     Report {
+        run,
         campaign: campaign.to_string(),
         scenario,
         requests,
@@ -280,7 +297,7 @@ fn build(
             max: ms(h.max()),
         },
         outcomes: o.outcomes.clone(),
-        lag_samples,
+        timeline,
         drained_after_s,
         partitions,
         partition_skew_pct: skew,
@@ -296,10 +313,10 @@ fn build(
 }
 
 /// One table of the report: a title, a header row and rows.
-struct Table {
-    title: String,
-    head: Vec<String>,
-    rows: Vec<Vec<String>>,
+pub(crate) struct Table {
+    pub title: String,
+    pub head: Vec<String>,
+    pub rows: Vec<Vec<String>>,
 }
 
 fn table(title: &str, head: &[&str], rows: Vec<Vec<String>>) -> Table {
@@ -325,7 +342,7 @@ fn n(v: impl Into<f64>) -> String {
 }
 
 impl Report {
-    fn tables(&self) -> Vec<Table> {
+    pub(crate) fn tables(&self) -> Vec<Table> {
         let l = &self.latency_ms;
         let mut t = vec![table(
             "4.1 Requests",
@@ -364,7 +381,7 @@ impl Report {
                 })
                 .collect(),
         ));
-        let peak = self.lag_samples.iter().map(|s| s.lag).max().unwrap_or(0);
+        let peak = self.timeline.peak_lag();
         t.push(table(
             "5.1 Consumer lag",
             &["metric", "value"],
@@ -424,6 +441,7 @@ impl Report {
                 "issued",
                 "issue rate",
                 "sold out",
+                "sold out at",
             ],
             self.tiers
                 .iter()
@@ -434,6 +452,7 @@ impl Report {
                         n(t.issued as f64),
                         format!("{:.2}%", t.issue_rate_pct),
                         format!("{}/{}", t.sold_out_coupons, t.coupons),
+                        t.sold_out_at_s.map_or("-".into(), |s| format!("{s:.1} s")),
                     ]
                 })
                 .collect(),

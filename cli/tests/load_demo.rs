@@ -1,9 +1,11 @@
 //! `couponctl demo` and `couponctl load` as users run them: the report's numbers come from real
 //! runs, and a broken ledger makes the demo fail.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use coupon_core::ledger::Ledger;
+use coupon_e2e::browser::{self, Rendered};
 use coupon_e2e::{Stack, campaign, unique};
 
 fn text(out: &Output) -> String {
@@ -40,13 +42,48 @@ fn embedded_demo(extra: &[&str]) -> Output {
         .expect("couponctl runs")
 }
 
+/// A path for a test's page in a fresh directory.
+fn page_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir.join("report.html")
+}
+
+/// The page as headless chromium draws it with no network; `SCREENSHOT_DIR` keeps a PNG.
+async fn rendered(page: &Path, name: &str) -> Rendered {
+    let shot =
+        std::env::var_os("SCREENSHOT_DIR").map(|d| PathBuf::from(d).join(format!("{name}.png")));
+    browser::open(page, shot.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("chromium on {}: {e}", page.display()))
+}
+
+/// Every chart drawn, nothing fetched, no error, the verdict on the first screen.
+fn assert_drawn(seen: &Rendered, charts: usize, verdict: &str) {
+    assert_eq!(seen.charts.len(), charts, "{seen:#?}");
+    for c in &seen.charts {
+        assert!(
+            c.shapes > 0 && c.width > 500.0 && c.height > 100.0,
+            "chart not drawn: {c:?}"
+        );
+    }
+    assert!(seen.errors.is_empty(), "console errors: {:?}", seen.errors);
+    assert_eq!(seen.resources, 0, "the page fetched something");
+    let (text, visible) = seen.verdict.clone().expect("a verdict");
+    assert!(
+        text.starts_with(verdict) && visible,
+        "verdict {text:?}, visible {visible}"
+    );
+}
+
 fn report(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
 }
 
-#[test]
-fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
-    let out = embedded_demo(&[]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
+    let page = page_path("demo-page");
+    let out = embedded_demo(&["--html", &page.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out));
     let r = report(&out);
     assert_eq!(r["passed"], true, "{}", text(&out));
@@ -82,6 +119,42 @@ fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
         .collect();
     assert_eq!(shares.len(), 3);
     assert!((shares.iter().sum::<f64>() - 100.0).abs() < 0.01);
+
+    // Second by second, the same answers, the seed's ramp, the lag of three partitions.
+    let seconds = r["timeline"]["seconds"].as_array().expect("seconds");
+    let answered: u64 = seconds
+        .iter()
+        .flat_map(|s| s["outcomes"].as_object().expect("outcomes").values())
+        .map(|n| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(answered, requests, "every answer in its second");
+    assert!(seconds.len() >= 5, "a 6 s run: {} seconds", seconds.len());
+    let vus: Vec<u64> = seconds
+        .iter()
+        .map(|s| s["vus"].as_u64().unwrap_or(0))
+        .collect();
+    let peak = vus.iter().copied().max().unwrap_or(0);
+    assert!(
+        peak > 50 && peak <= 100 && vus[0] < peak,
+        "the ramp: {vus:?}"
+    );
+    assert!(
+        seconds
+            .iter()
+            .any(|s| s["latencyMs"]["p99"].as_f64().is_some_and(|p| p > 0.0))
+    );
+    let lag = r["timeline"]["lag"].as_array().expect("lag");
+    assert!(
+        !lag.is_empty()
+            && lag
+                .iter()
+                .all(|s| s["partitions"].as_array().is_some_and(|p| p.len() == 3))
+    );
+
+    let seen = rendered(&page, "demo").await;
+    assert_drawn(&seen, 6, "PASS");
+    assert_eq!(seen.failing_rows, 0);
+    let _ = std::fs::remove_dir_all(page.parent().expect("dir"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +174,15 @@ async fn demo_fails_when_the_ledger_loses_rows() {
     .await
     .expect("trigger");
     pool.close().await;
-    let out = embedded_demo(&["--database-url", &url, "--users", "50"]);
+    let page = page_path("broken-ledger-page");
+    let out = embedded_demo(&[
+        "--database-url",
+        &url,
+        "--users",
+        "50",
+        "--html",
+        &page.display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let r = report(&out);
     assert_eq!(r["passed"], false);
@@ -116,6 +197,16 @@ async fn demo_fails_when_the_ledger_loses_rows() {
         failed.contains(&"I3".to_string()) && failed.contains(&"I4".to_string()),
         "{failed:?}"
     );
+    // The page cannot be misread: FAIL first, each failing invariant's row marked.
+    let seen = rendered(&page, "demo-failing").await;
+    assert_drawn(&seen, 6, "FAIL");
+    assert_eq!(seen.failing_rows, failed.len(), "{seen:#?}");
+    let (verdict, _) = seen.verdict.clone().unwrap_or_default();
+    assert!(
+        verdict.contains("I4"),
+        "the verdict names the broken invariant: {verdict}"
+    );
+    let _ = std::fs::remove_dir_all(page.parent().expect("dir"));
     let _ = std::fs::remove_dir_all(dir);
 }
 

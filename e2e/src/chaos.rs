@@ -19,6 +19,9 @@ use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
 use coupon_core::settlement::{SettleOptions, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
+use coupon_report::recorder::{Answer, Recorder};
+use coupon_report::run::RunInfo;
+use coupon_report::timeline::{LagSample, Mark, Timeline};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
@@ -184,9 +187,16 @@ pub struct ClientLog {
 
 #[derive(Debug)]
 pub struct ChaosOutcome {
+    pub run: RunInfo,
     pub campaign: String,
     pub faults: Vec<Fault>,
-    pub timeline: Vec<(f64, String)>,
+    /// What happened when, in words (seconds since the load's clock started).
+    pub notes: Vec<(f64, String)>,
+    /// Second by second: answers, latency, clients, lag per partition; each fault a mark.
+    pub timeline: Timeline,
+    /// When the last fault ended and when the books balanced, on the timeline's clock.
+    pub last_fault_s: f64,
+    pub balanced_at_s: Option<f64>,
     pub clients: ClientLog,
     pub kept: usize,
     pub released: usize,
@@ -198,6 +208,29 @@ pub struct ChaosOutcome {
 }
 
 impl ChaosOutcome {
+    /// The outcome for other tools (`coupon-chaos --json`): counts rather than the id sets.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.clients;
+        serde_json::json!({
+            "run": self.run,
+            "campaign": self.campaign,
+            "faults": self.faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+            "notes": self.notes,
+            "requests": c.requests,
+            "accepted": c.accepted.len(),
+            "ambiguous": c.ambiguous.len(),
+            "retries": c.retries,
+            "refused": c.refused,
+            "unexpected": c.unexpected,
+            "kept": self.kept,
+            "released": self.released,
+            "balancedAfterS": self.balanced_after.map(|d| d.as_secs_f64()),
+            "integrity": self.report,
+            "problems": self.problems,
+            "timeline": self.timeline,
+        })
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let names: Vec<_> = self.faults.iter().map(|f| f.name()).collect();
@@ -207,7 +240,7 @@ impl ChaosOutcome {
             self.campaign,
             names.join(", ")
         );
-        for (at, line) in &self.timeline {
+        for (at, line) in &self.notes {
             let _ = writeln!(s, "  {at:>6.1} s  {line}");
         }
         let c = &self.clients;
@@ -254,22 +287,36 @@ impl ChaosOutcome {
     }
 }
 
-type Timeline = Arc<Mutex<Vec<(f64, String)>>>;
-
+/// The run's one clock: notes, marks and the recorder's seconds share its origin.
 struct Clock {
-    started: Instant,
-    timeline: Timeline,
+    recorder: Arc<Recorder>,
+    notes: Arc<Mutex<Vec<(f64, String)>>>,
+    marks: Mutex<Vec<Mark>>,
     verbose: bool,
 }
 
 impl Clock {
+    fn now_s(&self) -> f64 {
+        self.recorder.elapsed().as_secs_f64()
+    }
+
+    fn mark(&self, from_s: f64, label: &str) {
+        if let Ok(mut m) = self.marks.lock() {
+            m.push(Mark {
+                from_s,
+                until_s: self.now_s(),
+                label: label.into(),
+            });
+        }
+    }
+
     fn note(&self, line: impl Into<String>) {
         let line = line.into();
-        let at = self.started.elapsed().as_secs_f64();
+        let at = self.now_s();
         if self.verbose {
             eprintln!("[chaos {at:>6.1} s] {line}");
         }
-        if let Ok(mut t) = self.timeline.lock() {
+        if let Ok(mut t) = self.notes.lock() {
             t.push((at, line));
         }
     }
@@ -360,8 +407,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let clock = Arc::new(Clock {
-        started: Instant::now(),
-        timeline: Arc::new(Mutex::new(Vec::new())),
+        recorder: Arc::new(Recorder::new()),
+        notes: Arc::new(Mutex::new(Vec::new())),
+        marks: Mutex::new(Vec::new()),
         verbose: opts.verbose,
     });
     let name = unique("chaos");
@@ -425,6 +473,34 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         (None, Some(node)) => node.brokers(),
         (None, None) => opts.brokers.clone(),
     };
+    let mut run = RunInfo::now();
+    run.backends = vec![
+        ("gate".into(), "a private redis-server".into()),
+        (
+            "broker".into(),
+            match (&mock, &kafka) {
+                (Some(_), _) => "librdkafka's mock cluster (injected broker faults)".into(),
+                (None, Some(_)) => "a private Apache Kafka node (SIGKILLed and restarted)".into(),
+                (None, None) => format!("Apache Kafka at {brokers}"),
+            },
+        ),
+        (
+            "ledger".into(),
+            opts.database_url
+                .split(':')
+                .next()
+                .unwrap_or("?")
+                .replace("postgres", "PostgreSQL")
+                .replace("mysql", "MySQL/MariaDB"),
+        ),
+        (
+            "API and consumer".into(),
+            format!(
+                "the coupon-api and coupon-consumer binaries in {}",
+                opts.bin_dir.display()
+            ),
+        ),
+    ];
     let topics: Box<dyn TopicAdmin> = match &mock {
         Some(_) => Box::new(PreCreatedTopics(brokers.clone())),
         None => Box::new(KafkaAdmin::new(&brokers).map_err(|e| e.to_string())?),
@@ -527,7 +603,20 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         stop_healer.clone(),
     ));
 
-    // The load.
+    // The load, sampled each second from here on: clients, and the lag the operator would see.
+    let load_from_s = clock.now_s();
+    let stop_sampler = CancellationToken::new();
+    let sampler = tokio::spawn(sample(
+        clock.recorder.clone(),
+        LagProbe::new(
+            coupon_core::backends::KafkaConnection::new(brokers.clone()),
+            &consumer_group(&name),
+        )
+        .map_err(|e| e.to_string())?,
+        campaign.topic(),
+        opts.clients,
+        stop_sampler.clone(),
+    ));
     let log = Arc::new(Mutex::new(ClientLog::default()));
     let load_end = Instant::now() + opts.load;
     let stop_load = CancellationToken::new();
@@ -542,6 +631,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             log: log.clone(),
             stop: stop_load.clone(),
             rng: SmallRng::seed_from_u64(i as u64 * 7919 + 1),
+            recorder: clock.recorder.clone(),
         };
         clients.push(if impatient {
             tokio::spawn(ctx.hang_up_loop())
@@ -579,6 +669,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
         for round in 0..opts.rounds {
             tokio::time::sleep_until(faults_from + step * (round as u32 + 1)).await;
             let fault = periodic[round % periodic.len()];
+            let from_s = clock.now_s();
             inject(
                 fault,
                 &clock,
@@ -594,6 +685,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
                 &api_addr,
             )
             .await?;
+            clock.mark(from_s, fault.name());
             last_fault = Instant::now();
         }
     }
@@ -615,9 +707,12 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     for c in clients {
         let _ = c.await;
     }
+    let load_end_s = clock.now_s();
     if hang_ups {
         last_fault = Instant::now();
+        clock.mark(load_from_s, Fault::HangUps.name());
     }
+    let last_fault_s = load_end_s - last_fault.elapsed().as_secs_f64().min(load_end_s);
     clock.note("load over");
 
     // Healed means serving: a new user asks for a coupon still on sale and gets it.
@@ -641,6 +736,9 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let balanced_after = wait_balanced(&campaign, &gate, &ledger, &brokers, &clock)
         .await
         .map(|()| last_fault.elapsed());
+    let balanced_at_s = balanced_after.map(|_| clock.now_s());
+    stop_sampler.cancel();
+    let lag = sampler.await.unwrap_or_default();
     stop_healer.cancel();
     let _ = healer.await;
     let (kept, released) = *healed.lock().map_err(|e| e.to_string())?;
@@ -693,11 +791,23 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             node.remove_data();
         }
     }
-    let timeline = clock.timeline.lock().map_err(|e| e.to_string())?.clone();
+    let notes = clock.notes.lock().map_err(|e| e.to_string())?.clone();
+    let (seconds, sold_out) = clock.recorder.finish();
+    let timeline = Timeline {
+        seconds,
+        lag,
+        sold_out,
+        marks: clock.marks.lock().map_err(|e| e.to_string())?.clone(),
+        load_end_s,
+    };
     Ok(ChaosOutcome {
+        run,
         campaign: name,
         faults: opts.faults.clone(),
+        notes,
         timeline,
+        last_fault_s,
+        balanced_at_s,
         clients,
         kept,
         released,
@@ -1103,6 +1213,36 @@ async fn wait_balanced(
     }
 }
 
+/// Until stopped: the clients in each second (for the recorder) and the lag per partition
+/// about once a second (a broker down leaves a gap). The lag samples are returned.
+async fn sample(
+    recorder: Arc<Recorder>,
+    probe: LagProbe,
+    topic: String,
+    clients: usize,
+    stop: CancellationToken,
+) -> Vec<LagSample> {
+    let mut lag = Vec::new();
+    let mut next_lag = Instant::now();
+    while !stop.is_cancelled() {
+        recorder.users(clients);
+        recorder.seal();
+        if Instant::now() >= next_lag {
+            next_lag = Instant::now() + Duration::from_secs(1);
+            let probed = tokio::time::timeout(Duration::from_secs(2), probe.lag(&topic)).await;
+            if let Ok(Ok(mut parts)) = probed {
+                parts.sort_by_key(|p| p.partition);
+                lag.push(LagSample {
+                    at_s: recorder.elapsed().as_secs_f64(),
+                    partitions: parts.iter().map(|p| p.lag).collect(),
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lag
+}
+
 struct LoadClient {
     http: reqwest::Client,
     addr: String,
@@ -1110,6 +1250,7 @@ struct LoadClient {
     log: Arc<Mutex<ClientLog>>,
     stop: CancellationToken,
     rng: SmallRng,
+    recorder: Arc<Recorder>,
 }
 
 impl LoadClient {
@@ -1130,6 +1271,16 @@ impl LoadClient {
         }
     }
 
+    /// The request's final answer, per second, timed from its first attempt.
+    fn answered(&self, coupon: CouponId, code: &str, since: Option<Instant>) {
+        self.recorder.record(Answer {
+            coupon,
+            code,
+            latency: since.map(|s| s.elapsed()),
+            expected_interval: Duration::ZERO,
+        });
+    }
+
     /// A real client: on a lost answer or a 503 it retries with the same key, then gives up.
     async fn patient_loop(mut self) {
         while !self.stop.is_cancelled() {
@@ -1138,6 +1289,7 @@ impl LoadClient {
             let url = format!("http://{}/api/coupons/{coupon}/issue", self.addr);
             let body = format!(r#"{{"userId":{user}}}"#);
             let mut settled = false;
+            let asked = Instant::now();
             for attempt in 0..4u32 {
                 if attempt > 0 {
                     self.record(|l| l.retries += 1);
@@ -1169,10 +1321,12 @@ impl LoadClient {
                             l.requests += 1;
                             l.accepted.insert(id);
                         });
+                        self.answered(coupon, "accepted", Some(asked));
                         settled = true;
                     }
                     503 => continue,
                     400..=499 => {
+                        self.answered(coupon, &code, Some(asked));
                         self.record(|l| {
                             l.requests += 1;
                             if code == "sold_out" {
@@ -1183,6 +1337,7 @@ impl LoadClient {
                         settled = true;
                     }
                     other => {
+                        self.answered(coupon, &format!("http_{other}"), Some(asked));
                         self.record(|l| {
                             l.requests += 1;
                             l.unexpected.push(format!("HTTP {other}: {json}"));
@@ -1193,6 +1348,7 @@ impl LoadClient {
                 break;
             }
             if !settled {
+                self.answered(coupon, "answer_lost", Some(asked));
                 self.record(|l| {
                     l.requests += 1;
                     l.ambiguous.insert(id);
@@ -1218,6 +1374,7 @@ impl LoadClient {
                 tokio::time::sleep(patience).await;
                 drop(s);
             }
+            self.answered(coupon, "hung_up", None);
             self.record(|l| {
                 l.requests += 1;
                 l.ambiguous.insert(id);

@@ -2,7 +2,9 @@
 //! test (every key, row and topic carries the campaign name, so tests share the services).
 
 pub mod binaries;
+pub mod browser;
 pub mod chaos;
+pub mod chaos_page;
 pub mod kafka_node;
 pub mod redis_cluster;
 pub mod tls;

@@ -4,11 +4,12 @@
 //! remaining = ledger remaining, no coupon answered sold_out with stock left. The outcome (with
 //! the timeline and the time from the last fault to balanced books) is printed.
 
-use coupon_e2e::chaos::{ChaosOptions, Fault, run};
-use coupon_e2e::{mysql_url, postgres_url};
+use coupon_e2e::chaos::{ChaosOptions, ChaosOutcome, Fault, run};
+use coupon_e2e::{browser, chaos_page, mysql_url, postgres_url, unique};
 
 async fn chaos(faults: &[Fault], db: &str) {
-    let outcome = run(&ChaosOptions::new(faults, db))
+    let opts = ChaosOptions::new(faults, db);
+    let outcome = run(&opts)
         .await
         .unwrap_or_else(|e| panic!("chaos run failed: {e}"));
     let text = outcome.render();
@@ -18,6 +19,55 @@ async fn chaos(faults: &[Fault], db: &str) {
         outcome.clients.requests > 2000,
         "a hot load of several thousand requests: {text}"
     );
+    page_shows_the_run(&outcome, &opts).await;
+}
+
+/// The run's page, as chromium draws it with no network: each fault marked, every chart drawn,
+/// the verdict first; the per-second answers add up to the clients' own count.
+async fn page_shows_the_run(outcome: &ChaosOutcome, opts: &ChaosOptions) {
+    let t = &outcome.timeline;
+    let periodic = opts.faults.iter().filter(|f| **f != Fault::HangUps).count();
+    let expected_marks = if periodic > 0 { opts.rounds } else { 0 }
+        + usize::from(opts.faults.contains(&Fault::HangUps));
+    assert_eq!(t.marks.len(), expected_marks, "{:?}", t.marks);
+    assert!(
+        t.marks
+            .iter()
+            .all(|m| m.from_s <= m.until_s && m.until_s <= t.load_end_s)
+    );
+    let answered: u64 = t.seconds.iter().map(|s| s.total()).sum();
+    // The final probe after the load is the clients' one request not in the load's seconds.
+    assert_eq!(
+        answered + 1,
+        outcome.clients.requests,
+        "every answer in its second"
+    );
+    assert!(!t.lag.is_empty(), "lag sampled");
+    assert!(
+        outcome
+            .balanced_at_s
+            .is_some_and(|b| b >= outcome.last_fault_s)
+    );
+
+    let dir = std::env::temp_dir().join(unique("chaos-page"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let page = dir.join("chaos.html");
+    let html = chaos_page::page(outcome).expect("page");
+    std::fs::write(&page, html).expect("written");
+    let shot =
+        std::env::var_os("SCREENSHOT_DIR").map(|d| std::path::PathBuf::from(d).join("chaos.png"));
+    let seen = browser::open(&page, shot.as_deref())
+        .await
+        .unwrap_or_else(|e| panic!("chromium: {e}"));
+    assert_eq!(seen.charts.len(), 3, "{seen:#?}");
+    assert!(
+        seen.charts.iter().all(|c| c.shapes > 0 && c.width > 500.0),
+        "{seen:#?}"
+    );
+    assert!(seen.errors.is_empty() && seen.resources == 0, "{seen:#?}");
+    let (verdict, visible) = seen.verdict.clone().expect("verdict");
+    assert!(verdict.starts_with("PASS") && visible, "{verdict}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

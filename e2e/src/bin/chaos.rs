@@ -32,6 +32,12 @@ struct Args {
     rounds: Option<usize>,
     #[arg(long, default_value_t = 24)]
     clients: usize,
+    /// Also write the run as one self-contained HTML page (faults marked on every timeline).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Also write the outcome as JSON (per-second samples included) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -44,6 +50,8 @@ async fn main() -> ExitCode {
         seconds,
         rounds,
         clients,
+        html,
+        json,
     } = Args::parse();
     let mut chosen = Vec::new();
     for f in &faults {
@@ -69,6 +77,10 @@ async fn main() -> ExitCode {
     match run(&opts).await {
         Ok(outcome) => {
             print!("{}", outcome.render());
+            if let Err(e) = write_files(&outcome, html.as_deref(), json.as_deref()) {
+                eprintln!("coupon-chaos: {e}");
+                return ExitCode::from(2);
+            }
             if outcome.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -80,4 +92,25 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn write_files(
+    outcome: &coupon_e2e::chaos::ChaosOutcome,
+    html: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    if let Some(path) = html {
+        write(
+            path,
+            coupon_e2e::chaos_page::page(outcome).map_err(|e| e.to_string())?,
+        )?;
+    }
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&outcome.to_json()).map_err(|e| e.to_string())?;
+        write(path, text)?;
+    }
+    Ok(())
 }

@@ -1,0 +1,273 @@
+//! A real browser for the report pages: Debian's chromium, headless, in a network namespace of
+//! its own (only a down loopback: no network at all), driven over the DevTools protocol on a
+//! pipe (fd 3 in, fd 4 out; JSON messages ended by NUL). It opens a page, collects console and
+//! log errors, measures what the page drew, and takes a full-page screenshot.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// What the browser saw on the page.
+#[derive(Debug)]
+pub struct Rendered {
+    pub charts: Vec<ChartSeen>,
+    /// The verdict banner's text, and whether it is on the first screen and visible.
+    pub verdict: Option<(String, bool)>,
+    /// Table rows marked failing.
+    pub failing_rows: usize,
+    /// Resources the page tried to load (none: it is self-contained).
+    pub resources: usize,
+    /// Console errors, uncaught exceptions and error log entries (CSP violations, failed loads).
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ChartSeen {
+    /// The chart's caption (its first text).
+    pub title: String,
+    /// Lines, areas and bars with a non-empty box.
+    pub shapes: usize,
+    pub width: f64,
+    pub height: f64,
+}
+
+/// Debian's chromium (`CHROMIUM` overrides).
+pub fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM").map_or_else(|| "chromium".into(), PathBuf::from)
+}
+
+/// What the page drew, measured in the page (DevTools' evaluation is not bound by its CSP).
+const MEASURE: &str = r#"JSON.stringify({
+  charts: [...document.querySelectorAll('figure.chart svg')].map(svg => {
+    const box = svg.getBoundingClientRect();
+    const full = svg.width.baseVal.value;
+    const shapes = [...svg.querySelectorAll('polyline,polygon,path,rect')].filter(e => {
+      const b = e.getBBox();
+      return (b.width > 0 || b.height > 0) && !(e.tagName === 'rect' && b.width >= full);
+    }).length;
+    const t = svg.querySelector('text');
+    return { title: t ? t.textContent.trim() : '', shapes, width: box.width, height: box.height };
+  }),
+  verdict: (() => {
+    const v = document.getElementById('verdict');
+    if (!v) return null;
+    const r = v.getBoundingClientRect(), s = getComputedStyle(v);
+    const visible = r.width > 0 && r.height > 0 && r.bottom <= innerHeight && s.visibility !== 'hidden' && s.display !== 'none';
+    return [v.innerText, visible];
+  })(),
+  failingRows: document.querySelectorAll('tr.fail').length,
+  resources: performance.getEntriesByType('resource').length
+})"#;
+
+struct Devtools {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    next: u64,
+    session: Option<String>,
+    errors: Vec<String>,
+    loaded: bool,
+}
+
+/// Opens `page` (1,100 px wide), measures it and, with `screenshot`, writes a PNG of the page.
+pub async fn open(page: &Path, screenshot: Option<&Path>) -> Result<Rendered, String> {
+    let page = std::fs::canonicalize(page).map_err(|e| format!("{}: {e}", page.display()))?;
+    let profile = std::env::temp_dir().join(crate::unique("chromium-profile"));
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut dt = Devtools::start(&profile)?;
+        let rendered = dt.visit(&page, screenshot).await;
+        let _ = dt.call("Browser.close", json!({}), false).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), dt.child.wait()).await;
+        let _ = dt.child.kill().await;
+        rendered
+    })
+    .await
+    .unwrap_or_else(|_| Err("chromium did not finish within 60 s".into()));
+    let _ = std::fs::remove_dir_all(&profile);
+    result
+}
+
+impl Devtools {
+    fn start(profile: &Path) -> Result<Self, String> {
+        // unshare gives chromium a network namespace with nothing in it; the shell hands it our
+        // pipes as fds 3 and 4, which --remote-debugging-pipe speaks on.
+        let mut child = Command::new("unshare")
+            .args([
+                "--net",
+                "--",
+                "sh",
+                "-c",
+                r#"exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null"#,
+            ])
+            .arg(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--hide-scrollbars",
+                "--remote-debugging-pipe",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start unshare/{}: {e}", chromium().display()))?;
+        let input = child.stdin.take().ok_or("no stdin")?;
+        let output = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        Ok(Self {
+            child,
+            input,
+            output,
+            next: 0,
+            session: None,
+            errors: Vec::new(),
+            loaded: false,
+        })
+    }
+
+    async fn visit(&mut self, page: &Path, screenshot: Option<&Path>) -> Result<Rendered, String> {
+        let target = self
+            .call("Target.createTarget", json!({"url": "about:blank"}), false)
+            .await?;
+        let attached = self
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+                false,
+            )
+            .await?;
+        self.session = attached["sessionId"].as_str().map(String::from);
+        for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+            self.call(domain, json!({}), true).await?;
+        }
+        self.viewport(900).await?;
+        let url = format!("file://{}", page.display());
+        self.call("Page.navigate", json!({"url": url}), true)
+            .await?;
+        while !self.loaded {
+            self.read().await?;
+        }
+        let measured = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": MEASURE, "returnByValue": true}),
+                true,
+            )
+            .await?;
+        let text = measured["result"]["value"]
+            .as_str()
+            .ok_or_else(|| format!("the page could not be measured: {measured}"))?;
+        let seen: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(path) = screenshot {
+            self.screenshot(path).await?;
+        }
+        Ok(Rendered {
+            charts: serde_json::from_value(seen["charts"].clone()).map_err(|e| e.to_string())?,
+            verdict: seen["verdict"]
+                .as_array()
+                .and_then(|v| Some((v.first()?.as_str()?.to_string(), v.get(1)?.as_bool()?))),
+            failing_rows: seen["failingRows"].as_u64().unwrap_or(0) as usize,
+            resources: seen["resources"].as_u64().unwrap_or(0) as usize,
+            errors: std::mem::take(&mut self.errors),
+        })
+    }
+
+    async fn viewport(&mut self, height: u64) -> Result<(), String> {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1100, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+            true,
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn screenshot(&mut self, path: &Path) -> Result<(), String> {
+        let metrics = self.call("Page.getLayoutMetrics", json!({}), true).await?;
+        let height = metrics["cssContentSize"]["height"]
+            .as_f64()
+            .unwrap_or(900.0);
+        self.viewport(height.ceil() as u64).await?;
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}), true)
+            .await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .map_err(|e| format!("screenshot: {e}"))?;
+        std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Sends a command (to the page's session with `on_page`) and waits for its answer,
+    /// keeping the events that arrive meanwhile.
+    async fn call(&mut self, method: &str, params: Value, on_page: bool) -> Result<Value, String> {
+        self.next += 1;
+        let id = self.next;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if on_page {
+            message["sessionId"] = json!(self.session);
+        }
+        let mut bytes = message.to_string().into_bytes();
+        bytes.push(0);
+        self.input
+            .write_all(&bytes)
+            .await
+            .map_err(|e| format!("chromium's pipe: {e}"))?;
+        loop {
+            let m = self.read().await?;
+            if m["id"].as_u64() == Some(id) {
+                return match m.get("error") {
+                    Some(e) => Err(format!("{method}: {e}")),
+                    None => Ok(m["result"].clone()),
+                };
+            }
+        }
+    }
+
+    async fn read(&mut self) -> Result<Value, String> {
+        let mut buf = Vec::new();
+        let n = self
+            .output
+            .read_until(0, &mut buf)
+            .await
+            .map_err(|e| format!("chromium's pipe: {e}"))?;
+        if n == 0 {
+            return Err(
+                "chromium closed its pipe (did it start? is this root, for unshare?)".into(),
+            );
+        }
+        buf.pop();
+        let m: Value = serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
+        self.note(&m);
+        Ok(m)
+    }
+
+    fn note(&mut self, m: &Value) {
+        let p = &m["params"];
+        match m["method"].as_str() {
+            Some("Page.loadEventFired") => self.loaded = true,
+            Some("Runtime.consoleAPICalled")
+                if matches!(p["type"].as_str(), Some("error" | "assert")) =>
+            {
+                self.errors.push(format!("console: {}", p["args"]));
+            }
+            Some("Runtime.exceptionThrown") => {
+                self.errors
+                    .push(format!("exception: {}", p["exceptionDetails"]));
+            }
+            Some("Log.entryAdded") if p["entry"]["level"] == "error" => {
+                self.errors.push(format!("log: {}", p["entry"]["text"]));
+            }
+            _ => {}
+        }
+    }
+}
