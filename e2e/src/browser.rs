@@ -36,6 +36,13 @@ pub struct ChartSeen {
     pub height: f64,
 }
 
+/// Where to write a screenshot, and how much of the page (from the top; `None`: all of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Shot<'a> {
+    pub path: &'a Path,
+    pub max_height: Option<u32>,
+}
+
 /// Debian's chromium (`CHROMIUM` overrides).
 pub fn chromium() -> PathBuf {
     std::env::var_os("CHROMIUM").map_or_else(|| "chromium".into(), PathBuf::from)
@@ -76,6 +83,14 @@ struct Devtools {
 
 /// Opens `page` (1,100 px wide), measures it and, with `screenshot`, writes a PNG of the page.
 pub async fn open(page: &Path, screenshot: Option<&Path>) -> Result<Rendered, String> {
+    let shot = screenshot.map(|path| Shot {
+        path,
+        max_height: None,
+    });
+    open_with(page, shot).await
+}
+
+pub async fn open_with(page: &Path, screenshot: Option<Shot<'_>>) -> Result<Rendered, String> {
     let page = std::fs::canonicalize(page).map_err(|e| format!("{}: {e}", page.display()))?;
     let profile = std::env::temp_dir().join(crate::unique("chromium-profile"));
     let result = tokio::time::timeout(Duration::from_secs(60), async {
@@ -135,7 +150,11 @@ impl Devtools {
         })
     }
 
-    async fn visit(&mut self, page: &Path, screenshot: Option<&Path>) -> Result<Rendered, String> {
+    async fn visit(
+        &mut self,
+        page: &Path,
+        screenshot: Option<Shot<'_>>,
+    ) -> Result<Rendered, String> {
         let target = self
             .call("Target.createTarget", json!({"url": "about:blank"}), false)
             .await?;
@@ -168,8 +187,8 @@ impl Devtools {
             .as_str()
             .ok_or_else(|| format!("the page could not be measured: {measured}"))?;
         let seen: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(path) = screenshot {
-            self.screenshot(path).await?;
+        if let Some(shot) = screenshot {
+            self.screenshot(shot).await?;
         }
         Ok(Rendered {
             charts: serde_json::from_value(seen["charts"].clone()).map_err(|e| e.to_string())?,
@@ -192,19 +211,22 @@ impl Devtools {
         .map(drop)
     }
 
-    async fn screenshot(&mut self, path: &Path) -> Result<(), String> {
+    async fn screenshot(&mut self, shot: Shot<'_>) -> Result<(), String> {
         let metrics = self.call("Page.getLayoutMetrics", json!({}), true).await?;
-        let height = metrics["cssContentSize"]["height"]
+        let mut height = metrics["cssContentSize"]["height"]
             .as_f64()
             .unwrap_or(900.0);
+        if let Some(max) = shot.max_height {
+            height = height.min(f64::from(max));
+        }
         self.viewport(height.ceil() as u64).await?;
-        let shot = self
+        let taken = self
             .call("Page.captureScreenshot", json!({"format": "png"}), true)
             .await?;
         let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().unwrap_or_default())
+            .decode(taken["data"].as_str().unwrap_or_default())
             .map_err(|e| format!("screenshot: {e}"))?;
-        std::fs::write(path, png).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::write(shot.path, png).map_err(|e| format!("{}: {e}", shot.path.display()))
     }
 
     /// Sends a command (to the page's session with `on_page`) and waits for its answer,

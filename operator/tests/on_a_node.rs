@@ -299,10 +299,10 @@ impl Traffic {
         Self { stop, tasks, sent }
     }
 
-    async fn finish(self) -> Answers {
+    async fn finish(mut self) -> Answers {
         self.stop.store(true, Ordering::Relaxed);
         let mut all = Answers::default();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let part = t.await.expect("traffic task");
             common::absorb(&mut all.accepted, part.accepted);
             for (k, v) in part.codes {
@@ -310,6 +310,14 @@ impl Traffic {
             }
         }
         all
+    }
+}
+
+/// A test that fails mid-load must still end: the endpoint reader is a blocking task, which
+/// the runtime waits for at shutdown.
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -650,17 +658,29 @@ async fn the_users_path_on_a_real_node() {
     common::absorb(&mut all, disrupted.accepted);
     books_balance(&name, &all, dir.path(), "disruptions");
 
-    // Lag: the one consumer pod cut off from Kafka (its fetches and heartbeats refused) while
+    // Lag: the consumer pods cut off from Kafka (their fetches and heartbeats refused) while
     // the load goes on. The operator scales the consumers up to one per partition; the new
-    // pods start, take the partitions once the group has expelled the silent member (its
-    // session timeout) and drain the backlog; then the cut pod comes back and rejoins.
+    // pods start, take the partitions once the group has expelled the silent members (their
+    // session timeout) and drain the backlog; then the cut pods come back and rejoin. Every
+    // pod is cut, not one: on a busy machine the earlier load may have left two running (the
+    // scale-down waits 300 s), and one of them alone keeps the lag too low to scale on.
     let partitions = 3;
     let kafka_port = kafka.rsplit(':').next().expect("port").to_string();
-    let (stuck, stuck_pod) = pods(&cluster, &ns.name, &consumer_pods).remove(0);
-    let stuck_ip = stuck_pod["status"]["podIP"]
-        .as_str()
-        .expect("podIP")
-        .to_string();
+    let stuck: Vec<(String, String)> = pods(&cluster, &ns.name, &consumer_pods)
+        .into_iter()
+        .map(|(pod, p)| {
+            (
+                pod,
+                p["status"]["podIP"].as_str().expect("podIP").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        stuck.len() < partitions as usize,
+        "{} consumer pods before the cut: no room to scale up",
+        stuck.len()
+    );
+    let stuck_ips: Vec<String> = stuck.iter().map(|(_, ip)| ip.clone()).collect();
     // A lower target than the shipped 5,000 events per replica, as an operator tunes it, so
     // that this machine's load reaches one consumer per partition within seconds.
     cluster.ok(
@@ -678,7 +698,7 @@ async fn the_users_path_on_a_real_node() {
         None,
     );
     let traffic = Traffic::start(&cluster, &ns.name, &api, 16, 23);
-    let cut = Cut::new(&node.address, &kafka_port, &[stuck_ip]);
+    let cut = Cut::new(&node.address, &kafka_port, &stuck_ips);
     let cut_at = Instant::now();
     rolled_out(
         &cluster,
@@ -714,7 +734,7 @@ async fn the_users_path_on_a_real_node() {
     );
     let http = reqwest::Client::new();
     for (pod, p) in pods(&cluster, &ns.name, &consumer_pods) {
-        if pod == stuck {
+        if stuck.iter().any(|(cut, _)| *cut == pod) {
             continue;
         }
         let ip = p["status"]["podIP"].as_str().expect("podIP");

@@ -1,4 +1,4 @@
-//! `page-shot PAGE.html [SHOT.png]`: opens a report page in headless chromium with no network,
+//! `page-shot PAGE.html [SHOT.png [MAX_HEIGHT]]`: opens a report page in headless chromium with no network,
 //! prints what it drew (charts, verdict, errors) and writes a full-page screenshot. The README's
 //! screenshots come from here; the suite's browser tests use the same code.
 
@@ -9,11 +9,15 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1).map(PathBuf::from);
     let Some(page) = args.next() else {
-        eprintln!("usage: page-shot PAGE.html [SHOT.png]");
+        eprintln!("usage: page-shot PAGE.html [SHOT.png [MAX_HEIGHT]]");
         return ExitCode::from(2);
     };
-    let shot = args.next();
-    match coupon_e2e::browser::open(&page, shot.as_deref()).await {
+    let path = args.next();
+    let max_height = args.next().and_then(|h| h.to_str()?.parse().ok());
+    let shot = path
+        .as_deref()
+        .map(|path| coupon_e2e::browser::Shot { path, max_height });
+    match coupon_e2e::browser::open_with(&page, shot).await {
         Ok(r) => {
             for c in &r.charts {
                 println!(
