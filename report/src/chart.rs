@@ -64,28 +64,34 @@ pub fn requests(t: &Timeline, moments: &[Moment]) -> Result<String, Error> {
         .into_iter()
         .filter(|c| t.seconds.iter().any(|s| s.count(*c) > 0))
         .collect();
-    let peak = t.seconds.iter().map(|s| s.total()).max().unwrap_or(0) as f64;
-    timeline_chart(
-        "Answers per second, by outcome",
-        "answers / s",
-        t,
-        peak,
-        moments,
-        |chart| {
-            // Each kind's area reaches the sum of itself and the kinds below it; drawn top first.
-            for (i, class) in classes.iter().enumerate().rev() {
-                let below = &classes[..=i];
-                let points = steps(t, |s| below.iter().map(|c| s.count(*c)).sum::<u64>() as f64);
-                let colour = class_colour(*class);
-                drawn(chart.draw_series(AreaSeries::new(points, 0.0, colour.mix(0.85))))?
-                    .label(class.label())
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
-                    });
-            }
-            Ok(())
-        },
-    )
+    // Long runs are drawn in bins of a few seconds (at most ~300 bars): a seed run's users
+    // think in step, and a bar per second of ten minutes draws a comb, not a shape.
+    let bin = t.seconds.len().div_ceil(MAX_BARS).max(1);
+    let total = |s: &crate::timeline::Second| s.total() as f64;
+    let peak = steps(t, bin, total)
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(0.0, f64::max);
+    let title = match bin {
+        1 => "Answers per second, by outcome".to_string(),
+        n => format!("Answers per second, by outcome ({n} s averages)"),
+    };
+    timeline_chart(&title, "answers / s", t, peak, moments, |chart| {
+        // Each kind's area reaches the sum of itself and the kinds below it; drawn top first.
+        for (i, class) in classes.iter().enumerate().rev() {
+            let below = &classes[..=i];
+            let points = steps(t, bin, |s| {
+                below.iter().map(|c| s.count(*c)).sum::<u64>() as f64
+            });
+            let colour = class_colour(*class);
+            drawn(chart.draw_series(AreaSeries::new(points, 0.0, colour.mix(0.85))))?
+                .label(class.label())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 14, y + 5)], colour.filled())
+                });
+        }
+        Ok(())
+    })
 }
 
 /// Latency percentiles of each second's answers.
@@ -133,7 +139,7 @@ pub fn users(t: &Timeline, moments: &[Moment]) -> Result<String, Error> {
         peak,
         moments,
         |chart| {
-            let points = steps(t, |s| s.vus as f64);
+            let points = steps(t, 1, |s| s.vus as f64);
             let colour = PALETTE[0];
             drawn(chart.draw_series(
                 AreaSeries::new(points, 0.0, colour.mix(0.3)).border_style(colour.stroke_width(2)),
@@ -370,12 +376,66 @@ fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), Error> {
 }
 
 /// A per-second value as steps: flat across its second.
-fn steps(t: &Timeline, value: impl Fn(&crate::timeline::Second) -> f64) -> Vec<(f64, f64)> {
+/// Bars of a timeline chart, at most; longer runs are binned.
+const MAX_BARS: usize = 300;
+
+/// A per-second value as steps, flat across each bin of `bin` seconds (their mean).
+fn steps(
+    t: &Timeline,
+    bin: usize,
+    value: impl Fn(&crate::timeline::Second) -> f64,
+) -> Vec<(f64, f64)> {
     t.seconds
-        .iter()
-        .flat_map(|s| {
-            let v = value(s);
-            [(s.t as f64, v), (s.t as f64 + 1.0, v)]
+        .chunks(bin)
+        .flat_map(|chunk| {
+            let from = chunk.first().map_or(0.0, |s| s.t as f64);
+            let v = chunk.iter().map(&value).sum::<f64>() / chunk.len() as f64;
+            [(from, v), (from + chunk.len() as f64, v)]
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::{Mark, Second};
+
+    fn run(seconds: u32) -> Timeline {
+        Timeline {
+            seconds: (0..seconds)
+                .map(|t| Second {
+                    t,
+                    // Users thinking in step: 60 answers, then 10.
+                    outcomes: [("accepted".to_string(), if t % 2 == 0 { 60 } else { 10 })].into(),
+                    latency_ms: None,
+                    vus: 100,
+                })
+                .collect(),
+            marks: vec![Mark {
+                from_s: 5.0,
+                until_s: 7.0,
+                label: "kill-api".into(),
+            }],
+            load_end_s: seconds as f64,
+            ..Timeline::default()
+        }
+    }
+
+    #[test]
+    fn long_runs_are_binned_to_their_mean() {
+        let t = run(600);
+        let points = steps(&t, 2, |s| s.total() as f64);
+        assert_eq!(points.len(), 600, "300 bins, two corners each");
+        assert!(points.iter().all(|(_, v)| (*v - 35.0).abs() < 1e-9));
+        let svg = requests(&t, &[]).expect("drawn");
+        assert!(svg.contains("(2 s averages)"));
+    }
+
+    #[test]
+    fn a_short_run_draws_every_second_and_its_marks() {
+        let svg = requests(&run(60), &[]).expect("drawn");
+        assert!(svg.starts_with("<svg") && svg.contains("<polygon"));
+        assert!(!svg.contains("averages"));
+        assert!(svg.contains("kill-api"), "the fault is marked");
+    }
 }
