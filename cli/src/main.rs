@@ -598,3 +598,25 @@ fn read_costs(path: &std::path::Path) -> coupon_core::Result<plan::Costs> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::without_credentials;
+
+    #[test]
+    fn report_headers_show_no_credentials() {
+        assert_eq!(
+            without_credentials("postgres://ci:hunter2@db.local:5432/coupons"),
+            "postgres://db.local:5432/coupons"
+        );
+        assert_eq!(
+            without_credentials("rediss://:hunter2@cache:6380"),
+            "rediss://cache:6380"
+        );
+        assert_eq!(
+            without_credentials("sqlite:/tmp/ledger.db"),
+            "sqlite:/tmp/ledger.db"
+        );
+        assert_eq!(without_credentials("not a url"), "(not a URL)");
+    }
+}

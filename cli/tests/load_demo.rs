@@ -226,6 +226,8 @@ async fn load_against_real_services_reports_what_the_ledger_holds() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let accepted = std::env::temp_dir().join(format!("{}.accepted", stack.campaign.name));
     let markdown = std::env::temp_dir().join(format!("{}.md", stack.campaign.name));
+    let page = page_path("load-page");
+    let html = page.display().to_string();
     let bin = env!("CARGO_BIN_EXE_couponctl");
     let (target, name) = (format!("http://{addr}"), stack.campaign.name.clone());
     let (acc, md) = (
@@ -244,7 +246,15 @@ async fn load_against_real_services_reports_what_the_ledger_holds() {
                 "hot",
             ])
             .args(["--connections", "20", "--duration", "4s", "--users", "300"])
-            .args(["--json", "--accepted", &acc, "--markdown", &md])
+            .args([
+                "--json",
+                "--accepted",
+                &acc,
+                "--markdown",
+                &md,
+                "--html",
+                &html,
+            ])
             .env("REDIS_URL", coupon_e2e::redis_url())
             .env("KAFKA_BROKERS", coupon_e2e::kafka_brokers())
             .env("DATABASE_URL", coupon_e2e::postgres_url())
@@ -296,5 +306,32 @@ async fn load_against_real_services_reports_what_the_ledger_holds() {
         md.contains("## 6 Integrity (I1-I6)") && md.contains("| I5 |"),
         "{md}"
     );
+    // The hot scenario's sell-outs are on the page; the backends' credentials are not.
+    let sold_out = r["timeline"]["soldOut"].as_array().expect("soldOut");
+    assert!(
+        sold_out
+            .iter()
+            .any(|s| s["couponId"].as_u64().is_some_and(|c| c <= 5))
+    );
+    let text_of_page = std::fs::read_to_string(&page).expect("page");
+    let db = url::Url::parse(&coupon_e2e::postgres_url()).expect("url");
+    if let Some(password) = db.password() {
+        assert!(
+            !text_of_page.contains(&format!(":{password}@")),
+            "the page shows the database's credentials"
+        );
+    }
+    let host = db.host_str().unwrap_or_default();
+    assert!(
+        text_of_page.contains(&format!("{}://{host}", db.scheme())),
+        "the ledger is in the header, without credentials"
+    );
+    assert!(
+        text_of_page.contains(&format!("http://{addr}")),
+        "the target is in the header"
+    );
+    let seen = rendered(&page, "load").await;
+    assert_drawn(&seen, 6, "PASS");
+    let _ = std::fs::remove_dir_all(page.parent().expect("dir"));
     stack.shutdown().await;
 }
