@@ -11,6 +11,8 @@
 #   scripts/chaos.sh --fault broker-down,broker-slow,broker-refuses,producer-fatal
 #   DB=mysql scripts/chaos.sh                         on MariaDB/MySQL
 #
+#   scripts/chaos.sh --html chaos.html --json chaos.json   also the run as a page and as JSON
+#
 # Faults: hang-ups, kill-api, kill-consumer, cut-database, restart-redis (all = these five),
 # kill-broker; broker-down, broker-refuses, broker-slow, producer-fatal (not with kill-broker). Other flags: --seconds, --rounds,
 # --clients (see target/release/coupon-chaos --help).

@@ -354,9 +354,12 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
         procs::cpu_seconds(&db_pids),
         procs::cpu_seconds(&broker_pids),
     );
-    // Timed from the first commit (the group join is not drain work) to zero lag.
+    // Timed from the first commit (the group join is not drain work) to zero lag. A backlog
+    // drained between two polls is timed from the last poll that saw it whole: a lower bound
+    // on the rate, where timing from the first commit would divide nothing by nothing.
     let probe = LagProbe::new(&kafka, &consumer_group(&name)).map_err(err)?;
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut whole_at = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
     let drain_rate = loop {
         let lag: i64 = probe
@@ -366,11 +369,17 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
             .iter()
             .map(|l| l.lag)
             .sum();
-        if first.is_none() && lag < accepted as i64 {
-            first = Some((Instant::now(), lag));
+        let now = Instant::now();
+        if lag >= accepted as i64 {
+            whole_at = now;
+        } else if first.is_none() {
+            first = Some((now, lag));
         }
         if lag == 0 {
-            let (t0, left) = first.unwrap_or((Instant::now(), 0));
+            let (t0, left) = match first {
+                Some((t, left)) if left > 0 => (t, left),
+                _ => (whole_at, accepted as i64),
+            };
             break left as f64 / t0.elapsed().as_secs_f64().max(1e-3);
         }
         if Instant::now() > deadline {

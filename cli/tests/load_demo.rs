@@ -1,5 +1,5 @@
-//! `couponctl demo` and `couponctl load` as users run them: the report's numbers come from real
-//! runs, and a broken ledger makes the demo fail.
+//! `couponctl demo`, `load` and `bench` as users run them: the report's numbers come from real
+//! runs, a broken ledger makes the demo fail, and each report's page renders in a real browser.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -334,4 +334,54 @@ async fn load_against_real_services_reports_what_the_ledger_holds() {
     assert_drawn(&seen, 6, "PASS");
     let _ = std::fs::remove_dir_all(page.parent().expect("dir"));
     stack.shutdown().await;
+}
+
+/// `couponctl bench`, small, on the real services: every figure next to its raw limit with the
+/// ratio of the two, the API phase second by second, and the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sets_each_figure_beside_its_raw_limit() {
+    let page = page_path("bench-page");
+    let html = page.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_couponctl"))
+            .args(["bench", "--connections", "10", "--duration", "3s"])
+            .args(["--raw-ops", "3000", "--json", "--html", &html])
+            .env("REDIS_URL", coupon_e2e::redis_url())
+            .env("KAFKA_BROKERS", coupon_e2e::kafka_brokers())
+            .env("DATABASE_URL", coupon_e2e::postgres_url())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("couponctl runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(r["apiCorrect"], true, "{}", text(&out));
+    let lines = r["lines"].as_array().expect("lines");
+    assert!(lines.len() >= 4, "{lines:?}");
+    for l in lines {
+        let (system, raw, ratio) = (
+            l["system"].as_f64().unwrap_or(0.0),
+            l["raw"].as_f64().unwrap_or(0.0),
+            l["ratio"].as_f64().unwrap_or(0.0),
+        );
+        assert!(system > 0.0 && raw > 0.0, "{l}");
+        assert!((ratio - system / raw).abs() <= 1e-9 * ratio.max(1.0), "{l}");
+    }
+    let answered: u64 = r["apiTimeline"]["seconds"]
+        .as_array()
+        .expect("seconds")
+        .iter()
+        .flat_map(|s| s["outcomes"].as_object().expect("outcomes").values())
+        .map(|n| n.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        Some(answered),
+        r["apiRequests"].as_u64(),
+        "every answer in its second"
+    );
+    let seen = rendered(&page, "bench").await;
+    assert_drawn(&seen, 3, "PASS");
+    let _ = std::fs::remove_dir_all(page.parent().expect("dir"));
 }

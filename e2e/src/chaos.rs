@@ -300,11 +300,11 @@ impl Clock {
         self.recorder.elapsed().as_secs_f64()
     }
 
-    fn mark(&self, from_s: f64, label: &str) {
+    fn mark(&self, from_s: f64, until_s: f64, label: &str) {
         if let Ok(mut m) = self.marks.lock() {
             m.push(Mark {
                 from_s,
-                until_s: self.now_s(),
+                until_s,
                 label: label.into(),
             });
         }
@@ -685,7 +685,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
                 &api_addr,
             )
             .await?;
-            clock.mark(from_s, fault.name());
+            clock.mark(from_s, clock.now_s(), fault.name());
             last_fault = Instant::now();
         }
     }
@@ -710,7 +710,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let load_end_s = clock.now_s();
     if hang_ups {
         last_fault = Instant::now();
-        clock.mark(load_from_s, Fault::HangUps.name());
+        clock.mark(load_from_s, load_end_s, Fault::HangUps.name());
     }
     let last_fault_s = load_end_s - last_fault.elapsed().as_secs_f64().min(load_end_s);
     clock.note("load over");

@@ -65,8 +65,12 @@ pub fn requests(t: &Timeline, moments: &[Moment]) -> Result<String, Error> {
         .filter(|c| t.seconds.iter().any(|s| s.count(*c) > 0))
         .collect();
     // Long runs are drawn in bins of a few seconds (at most ~300 bars): a seed run's users
-    // think in step, and a bar per second of ten minutes draws a comb, not a shape.
-    let bin = t.seconds.len().div_ceil(MAX_BARS).max(1);
+    // think in step (2 s), and a bar per second of ten minutes draws a comb, not a shape. An
+    // even bin averages that rhythm out; an odd one would alias it into a coarser comb.
+    let bin = match t.seconds.len().div_ceil(MAX_BARS) {
+        0 | 1 => 1,
+        n => n + n % 2,
+    };
     let total = |s: &crate::timeline::Second| s.total() as f64;
     let peak = steps(t, bin, total)
         .iter()
@@ -429,6 +433,12 @@ mod tests {
         assert!(points.iter().all(|(_, v)| (*v - 35.0).abs() < 1e-9));
         let svg = requests(&t, &[]).expect("drawn");
         assert!(svg.contains("(2 s averages)"));
+        // 602 s would take 3 s bins: the even 4 s keep a 2 s rhythm out of the picture.
+        assert!(
+            requests(&run(602), &[])
+                .expect("drawn")
+                .contains("(4 s averages)")
+        );
     }
 
     #[test]
