@@ -49,11 +49,11 @@ fn page_path(name: &str) -> PathBuf {
     dir.join("report.html")
 }
 
-/// The page as headless chromium draws it with no network; `SCREENSHOT_DIR` keeps a PNG.
+/// The page as headless chromium draws it with no network, and its screenshot (kept in
+/// `SCREENSHOT_DIR` when set).
 async fn rendered(page: &Path, name: &str) -> Rendered {
-    let shot =
-        std::env::var_os("SCREENSHOT_DIR").map(|d| PathBuf::from(d).join(format!("{name}.png")));
-    browser::open(page, shot.as_deref())
+    let shot = browser::screenshot_path(page, name);
+    browser::open(page, Some(&shot))
         .await
         .unwrap_or_else(|e| panic!("chromium on {}: {e}", page.display()))
 }

@@ -24,6 +24,8 @@ pub struct Rendered {
     pub resources: usize,
     /// Console errors, uncaught exceptions and error log entries (CSP violations, failed loads).
     pub errors: Vec<String>,
+    /// The screenshot's width and height in pixels, read back from the PNG written.
+    pub screenshot: Option<(u32, u32)>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -41,6 +43,24 @@ pub struct ChartSeen {
 pub struct Shot<'a> {
     pub path: &'a Path,
     pub max_height: Option<u32>,
+}
+
+/// Where a test keeps a page's screenshot: `SCREENSHOT_DIR/NAME.png` when set (to look at
+/// them), else beside the page.
+pub fn screenshot_path(page: &Path, name: &str) -> PathBuf {
+    std::env::var_os("SCREENSHOT_DIR")
+        .map_or_else(|| page.with_file_name(""), PathBuf::from)
+        .join(format!("{name}.png"))
+}
+
+/// Width and height from a PNG's header; `None` if it is not a PNG.
+fn png_size(png: &[u8]) -> Option<(u32, u32)> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    if png.len() < 24 || &png[..8] != SIGNATURE || &png[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&png[16..20]), be(&png[20..24])))
 }
 
 /// Debian's chromium (`CHROMIUM` overrides).
@@ -187,9 +207,10 @@ impl Devtools {
             .as_str()
             .ok_or_else(|| format!("the page could not be measured: {measured}"))?;
         let seen: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if let Some(shot) = screenshot {
-            self.screenshot(shot).await?;
-        }
+        let screenshot = match screenshot {
+            Some(shot) => Some(self.screenshot(shot).await?),
+            None => None,
+        };
         Ok(Rendered {
             charts: serde_json::from_value(seen["charts"].clone()).map_err(|e| e.to_string())?,
             verdict: seen["verdict"]
@@ -198,6 +219,7 @@ impl Devtools {
             failing_rows: seen["failingRows"].as_u64().unwrap_or(0) as usize,
             resources: seen["resources"].as_u64().unwrap_or(0) as usize,
             errors: std::mem::take(&mut self.errors),
+            screenshot,
         })
     }
 
@@ -211,7 +233,7 @@ impl Devtools {
         .map(drop)
     }
 
-    async fn screenshot(&mut self, shot: Shot<'_>) -> Result<(), String> {
+    async fn screenshot(&mut self, shot: Shot<'_>) -> Result<(u32, u32), String> {
         let metrics = self.call("Page.getLayoutMetrics", json!({}), true).await?;
         let mut height = metrics["cssContentSize"]["height"]
             .as_f64()
@@ -226,7 +248,9 @@ impl Devtools {
         let png = base64::engine::general_purpose::STANDARD
             .decode(taken["data"].as_str().unwrap_or_default())
             .map_err(|e| format!("screenshot: {e}"))?;
-        std::fs::write(shot.path, png).map_err(|e| format!("{}: {e}", shot.path.display()))
+        let size = png_size(&png).ok_or("the screenshot is not a PNG")?;
+        std::fs::write(shot.path, png).map_err(|e| format!("{}: {e}", shot.path.display()))?;
+        Ok(size)
     }
 
     /// Sends a command (to the page's session with `on_page`) and waits for its answer,

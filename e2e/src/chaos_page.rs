@@ -7,61 +7,15 @@ use coupon_report::page::{Block, Page, Section, Verdict};
 use crate::chaos::ChaosOutcome;
 
 pub fn page(o: &ChaosOutcome) -> Result<String, coupon_report::Error> {
-    let t = &o.timeline;
-    let mut moments = vec![Moment {
-        at_s: o.last_fault_s,
-        label: "last fault over".into(),
-    }];
-    if let Some(at_s) = o.balanced_at_s {
-        moments.push(Moment {
-            at_s,
-            label: "books balanced".into(),
-        });
-    }
     let faults: Vec<&str> = o.faults.iter().map(|f| f.name()).collect();
-    let c = &o.clients;
-    let mut facts = vec![
-        ("campaign".into(), o.campaign.clone()),
-        ("faults".into(), faults.join(", ")),
-        ("when".into(), o.run.started_at.clone()),
-        ("machine".into(), o.run.machine.clone()),
-    ];
-    facts.extend(o.run.backends.iter().cloned());
-    facts.push((
-        "load".into(),
-        format!(
-            "{} requests: {} accepted, {} answers lost (ambiguous), {} retries",
-            c.requests,
-            c.accepted.len(),
-            c.ambiguous.len(),
-            c.retries
-        ),
-    ));
-    let chart = |svg: String, caption: &str| Block::Chart {
-        svg,
-        caption: caption.into(),
-    };
     let page = Page {
         title: format!("Chaos: {}", faults.join(", ")),
-        facts,
+        facts: facts(o, &faults),
         verdict: verdict(o),
         sections: vec![
             Section {
                 title: "How the run unfolded".into(),
-                blocks: vec![
-                    chart(
-                        chart::requests(t, &moments)?,
-                        "Final answers per second (a request retried after a lost answer counts once); shaded: each fault, from its start to its repair.",
-                    ),
-                    chart(
-                        chart::latency(t, &moments)?,
-                        "Latency per second, from a request's first attempt to its final answer (retries included).",
-                    ),
-                    chart(
-                        chart::lag(t, &moments)?,
-                        "Consumer lag per partition; gaps are seconds the broker could not be asked.",
-                    ),
-                ],
+                blocks: charts(o)?,
             },
             Section {
                 title: "What happened".into(),
@@ -90,6 +44,61 @@ pub fn page(o: &ChaosOutcome) -> Result<String, coupon_report::Error> {
         ],
     };
     Ok(page.render())
+}
+
+fn facts(o: &ChaosOutcome, faults: &[&str]) -> Vec<(String, String)> {
+    let c = &o.clients;
+    let mut facts = vec![
+        ("campaign".into(), o.campaign.clone()),
+        ("faults".into(), faults.join(", ")),
+        ("when".into(), o.run.started_at.clone()),
+        ("machine".into(), o.run.machine.clone()),
+    ];
+    facts.extend(o.run.backends.iter().cloned());
+    facts.push((
+        "load".into(),
+        format!(
+            "{} requests: {} accepted, {} answers lost (ambiguous), {} retries",
+            c.requests,
+            c.accepted.len(),
+            c.ambiguous.len(),
+            c.retries
+        ),
+    ));
+    facts
+}
+
+/// The timelines, each with the faults shaded and the moments the books turned.
+fn charts(o: &ChaosOutcome) -> Result<Vec<Block>, coupon_report::Error> {
+    let t = &o.timeline;
+    let mut moments = vec![Moment {
+        at_s: o.last_fault_s,
+        label: "last fault over".into(),
+    }];
+    if let Some(at_s) = o.balanced_at_s {
+        moments.push(Moment {
+            at_s,
+            label: "books balanced".into(),
+        });
+    }
+    let chart = |svg: String, caption: &str| Block::Chart {
+        svg,
+        caption: caption.into(),
+    };
+    Ok(vec![
+        chart(
+            chart::requests(t, &moments)?,
+            "Final answers per second (a request retried after a lost answer counts once); shaded: each fault, from its start to its repair.",
+        ),
+        chart(
+            chart::latency(t, &moments)?,
+            "Latency per second, from a request's first attempt to its final answer (retries included).",
+        ),
+        chart(
+            chart::lag(t, &moments)?,
+            "Consumer lag per partition; gaps are seconds the broker could not be asked.",
+        ),
+    ])
 }
 
 fn verdict(o: &ChaosOutcome) -> Verdict {

@@ -54,9 +54,8 @@ async fn page_shows_the_run(outcome: &ChaosOutcome, opts: &ChaosOptions) {
     let page = dir.join("chaos.html");
     let html = chaos_page::page(outcome).expect("page");
     std::fs::write(&page, html).expect("written");
-    let shot =
-        std::env::var_os("SCREENSHOT_DIR").map(|d| std::path::PathBuf::from(d).join("chaos.png"));
-    let seen = browser::open(&page, shot.as_deref())
+    let shot = browser::screenshot_path(&page, "chaos");
+    let seen = browser::open(&page, Some(&shot))
         .await
         .unwrap_or_else(|e| panic!("chromium: {e}"));
     assert_eq!(seen.charts.len(), 3, "{seen:#?}");
@@ -67,6 +66,8 @@ async fn page_shows_the_run(outcome: &ChaosOutcome, opts: &ChaosOptions) {
     assert!(seen.errors.is_empty() && seen.resources == 0, "{seen:#?}");
     let (verdict, visible) = seen.verdict.clone().expect("verdict");
     assert!(verdict.starts_with("PASS") && visible, "{verdict}");
+    let (width, height) = seen.screenshot.expect("a screenshot");
+    assert!(width == 1100 && height > 900, "screenshot {width}x{height}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
