@@ -105,6 +105,41 @@ mod tests {
         );
     }
 
+    /// A generated client types each integer by its `format`: a bound beyond it breaks the
+    /// client on the values the server accepts (couponId went to 2^32-1 under `int32`).
+    #[test]
+    fn every_integer_bound_fits_its_format() {
+        fn walk(v: &serde_json::Value, at: &str, bad: &mut Vec<String>) {
+            if let Some(o) = v.as_object() {
+                let limit = match o.get("format").and_then(|f| f.as_str()) {
+                    Some("int32") => Some(i32::MAX as f64),
+                    Some("int64") => Some(i64::MAX as f64),
+                    _ => None,
+                };
+                if let Some(limit) = limit {
+                    for bound in ["maximum", "minimum"] {
+                        if let Some(b) = o.get(bound).and_then(|b| b.as_f64())
+                            && b.abs() > limit
+                        {
+                            bad.push(format!("{at}: {bound} {b} beyond its format"));
+                        }
+                    }
+                }
+                for (k, child) in o {
+                    walk(child, &format!("{at}/{k}"), bad);
+                }
+            } else if let Some(a) = v.as_array() {
+                for (i, child) in a.iter().enumerate() {
+                    walk(child, &format!("{at}/{i}"), bad);
+                }
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(&openapi_json()).expect("json");
+        let mut bad = Vec::new();
+        walk(&doc, "", &mut bad);
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+
     #[test]
     fn every_refusal_code_is_in_the_contract() {
         let doc = openapi_json();

@@ -19,6 +19,8 @@ use crate::request::IssueRequest;
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     pub request_id: Uuid,
+    /// Coupon ids are 1 to 2^32-1: more than a signed 32-bit integer holds.
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
     pub coupon_id: CouponId,
     pub user_id: u64,
 }

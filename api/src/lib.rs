@@ -176,7 +176,7 @@ pub fn app(state: AppState) -> Router {
     summary = "Ask for one coupon",
     description = "Reserves the coupon for the user in the gate and answers 202 once the issuance event is durable in the broker; the ledger row follows. Refusals carry a stable `code`.",
     params(
-        ("couponId" = u32, Path, minimum = 1, maximum = 4_294_967_295_u32, description = "Coupon id"),
+        ("couponId" = i64, Path, minimum = 1, maximum = 4_294_967_295_i64, description = "Coupon id"),
         ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$", min_length = 1, max_length = 128, description = "1-128 visible ASCII characters; a retry with the same key gets the same request id and answer"),
         ("X-User-Id" = Option<String>, Header, description = "The user, with --identity header:X-User-Id (a gateway sets it)")
     ),
@@ -298,6 +298,7 @@ impl AppState {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct CouponView {
+    #[schema(value_type = i64, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
     coupon_id: CouponId,
     quantity: i64,
     remaining: i64,
@@ -307,7 +308,7 @@ struct CouponView {
     get,
     path = "/api/coupons/{couponId}",
     summary = "A coupon's quantity and the gate's remaining stock",
-    params(("couponId" = u32, Path, minimum = 1, maximum = 4_294_967_295_u32, description = "Coupon id")),
+    params(("couponId" = i64, Path, minimum = 1, maximum = 4_294_967_295_i64, description = "Coupon id")),
     responses(
         (status = 200, body = CouponView),
         (status = 400, description = "invalid_request", body = crate::contract::Refusal),

@@ -5,6 +5,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use coupon_core::campaign::{CouponId, UserId};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -113,6 +114,19 @@ fn parse_user_id(body: &[u8], required: bool) -> Result<Option<UserId>, ApiError
             "body must be a JSON object like {\"userId\": 42}",
         ));
     };
+    // serde_json keeps a repeated key's last value; a gateway that keeps the first would see
+    // another user than this API: refuse the body rather than pick one.
+    if let Ok(Keys(keys)) = serde_json::from_slice::<Keys>(body)
+        && let Some(repeated) = keys
+            .iter()
+            .enumerate()
+            .find_map(|(i, k)| keys[..i].contains(k).then_some(k))
+    {
+        return Err(ApiError::invalid(format!(
+            "the body repeats the field {:?}; send each field once",
+            truncate(repeated)
+        )));
+    }
     if let Some(other) = object.keys().find(|k| *k != "userId") {
         return Err(ApiError::invalid(format!(
             "unknown body field {:?}; the body is {{\"userId\": 42}}",
@@ -138,6 +152,30 @@ fn parse_user_id(body: &[u8], required: bool) -> Result<Option<UserId>, ApiError
             "userId must be a positive integer, got {}",
             truncate(&user.to_string())
         ))),
+    }
+}
+
+/// A JSON object's keys in their order, repeats kept (a map would keep one of them).
+struct Keys(Vec<String>);
+
+impl<'de> Deserialize<'de> for Keys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AllKeys;
+        impl<'de> Visitor<'de> for AllKeys {
+            type Value = Keys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Keys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(Keys(keys))
+            }
+        }
+        d.deserialize_map(AllKeys)
     }
 }
 
@@ -181,6 +219,12 @@ mod tests {
             ("1", r#"{"userId":1.5}"#, "positive"),
             ("1", r#"{"userId":1, "admin":true}"#, "unknown body field"),
             ("1", r#"{"userId":0}"#, "positive"),
+            (
+                "1",
+                r#"{"userId":7,"userId":99999}"#,
+                "repeats the field \"userId\"",
+            ),
+            ("1", r#"{"userId":7,"userId":7}"#, "repeats"),
         ] {
             let err = parse(coupon, body).expect_err(body);
             assert_eq!(err.code(), "invalid_request");
