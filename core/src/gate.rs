@@ -111,6 +111,36 @@ pub enum Released {
     Gone,
 }
 
+/// Where one request stands, as the gate and the consumer's marks record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestStatus {
+    pub user: UserId,
+    pub stage: RequestStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestStage {
+    /// Reserved (or being decided); its event is not known to be stored yet.
+    Pending {
+        /// When the gate reserved it (or last saw a replay of it), on the gate's clock.
+        reserved_at_ms: Option<i64>,
+    },
+    /// The ledger holds it: a consumer marked it stored, or settlement found it there.
+    Issued {
+        /// When the consumer stored it, while its mark lasts (until settlement settles it).
+        stored_at_ms: Option<i64>,
+    },
+    /// Settled away: its publish failed or was lost, and its stock went back.
+    Released { at_ms: i64 },
+}
+
+/// A consumer's note that the ledger committed this request (its event's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMark {
+    pub coupon: CouponId,
+    pub request_id: Uuid,
+}
+
 #[async_trait]
 pub trait StockGate: Send + Sync {
     /// Window → duplicate → stock, then reserve; one atomic step.
@@ -202,6 +232,45 @@ pub trait StockGate: Send + Sync {
         cutoff_ms: i64,
     ) -> Result<Released>;
     async fn ping(&self) -> Result<()>;
+    /// Notes that the ledger holds these requests (called after the consumer's commit), so a
+    /// status query says `issued` before settlement gets to them; `at_ms` is the commit's time.
+    async fn mark_stored(&self, campaign: &str, marks: &[StoredMark], at_ms: i64) -> Result<()>;
+    /// Where a request stands; `None` when the gate knows no such request.
+    async fn request_status(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        request_id: Uuid,
+    ) -> Result<Option<RequestStatus>>;
+}
+
+/// The stage of a request the gate names `user` for, from the home shard's records: `holder`
+/// (the user's holder value), whether an unsettled entry is still there, the consumer's mark
+/// and a release tombstone. `None`: the records do not agree on any stage.
+fn stage_of(
+    request_id: Uuid,
+    holder: Option<&str>,
+    unsettled_at: Option<i64>,
+    stored_at: Option<i64>,
+    released_at: Option<i64>,
+) -> Option<RequestStage> {
+    // The mark follows the ledger's commit: it wins over everything else.
+    if stored_at.is_some() {
+        return Some(RequestStage::Issued {
+            stored_at_ms: stored_at,
+        });
+    }
+    let held = holder.is_some_and(|h| h.get(..36) == Some(request_id.to_string().as_str()));
+    match (held, unsettled_at, released_at) {
+        // Also a released request reserved again under its id (a retry with the same key).
+        (true, Some(at), _) => Some(RequestStage::Pending {
+            reserved_at_ms: Some(at),
+        }),
+        // Held and settled: settlement found it in the ledger (or the gate was rebuilt from it).
+        (true, None, _) => Some(RequestStage::Issued { stored_at_ms: None }),
+        (false, _, Some(at_ms)) => Some(RequestStage::Released { at_ms }),
+        (false, _, None) => None,
+    }
 }
 
 /// Shard 0's hash of a coupon (the only one of an unsharded coupon).
@@ -257,6 +326,10 @@ struct MemoryCoupon {
     holders: std::collections::HashMap<UserId, Uuid>,
     /// (user, request id) → reservation time, as the Redis sorted set.
     unsettled: std::collections::HashMap<(UserId, Uuid), i64>,
+    /// Request id → user, and when it was released.
+    requests: std::collections::HashMap<Uuid, (UserId, Option<i64>)>,
+    /// The consumer's marks: request id → when stored.
+    stored: std::collections::HashMap<Uuid, i64>,
 }
 
 impl MemoryGate {
@@ -308,6 +381,7 @@ impl MemoryGate {
             c.stock -= 1;
             c.holders.insert(user, request_id);
             c.unsettled.insert((user, request_id), now_ms);
+            c.requests.insert(request_id, (user, None));
             Decision::Reserved
         })
     }
@@ -335,6 +409,7 @@ impl MemoryGate {
             c.unsettled.remove(&(user, request_id));
             if c.holders.get(&user) == Some(&request_id) {
                 c.holders.remove(&user);
+                c.requests.insert(request_id, (user, Some(now_ms())));
                 c.stock += 1;
                 Released::Released
             } else {
@@ -405,6 +480,8 @@ impl StockGate for MemoryGate {
                             refused_sold_out: 0,
                             holders: holders.iter().copied().collect(),
                             unsettled: std::collections::HashMap::new(),
+                            requests: holders.iter().map(|(u, r)| (*r, (*u, None))).collect(),
+                            stored: std::collections::HashMap::new(),
                         },
                     );
                     Ensured::Created { stock }
@@ -531,6 +608,7 @@ impl StockGate for MemoryGate {
             if let Some(c) = s.coupons.get_mut(&(campaign.to_string(), coupon)) {
                 for r in r {
                     c.unsettled.remove(&(r.user, r.request_id));
+                    c.stored.remove(&r.request_id);
                 }
             }
         })
@@ -547,5 +625,36 @@ impl StockGate for MemoryGate {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn mark_stored(&self, campaign: &str, marks: &[StoredMark], at_ms: i64) -> Result<()> {
+        self.with(|s| {
+            for m in marks {
+                if let Some(c) = s.coupons.get_mut(&(campaign.to_string(), m.coupon)) {
+                    c.stored.insert(m.request_id, at_ms);
+                }
+            }
+        })
+    }
+
+    async fn request_status(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        request_id: Uuid,
+    ) -> Result<Option<RequestStatus>> {
+        self.with(|s| {
+            let c = s.coupons.get(&(campaign.to_string(), coupon))?;
+            let (user, released_at) = *c.requests.get(&request_id)?;
+            let holder = c.holders.get(&user).map(Uuid::to_string);
+            let stage = stage_of(
+                request_id,
+                holder.as_deref(),
+                c.unsettled.get(&(user, request_id)).copied(),
+                c.stored.get(&request_id).copied(),
+                released_at,
+            )?;
+            Some(RequestStatus { user, stage })
+        })
     }
 }

@@ -1,10 +1,13 @@
 //! The embedded gate and the Redis scripts agree: a random sequence of operations gets the same
 //! answers from both and leaves the same state (stock, holders, sold-out refusals, unsettled
-//! reservations), settlement included.
+//! reservations, every request's status), settlement and the consumer's stored marks included.
 
 use std::collections::BTreeSet;
 
-use coupon_core::gate::{GateCoupon, MemoryGate, RedisGate, Reservation, StockGate};
+use coupon_core::gate::{
+    GateCoupon, MemoryGate, RedisGate, RequestStage, RequestStatus, Reservation, StockGate,
+    StoredMark,
+};
 use coupon_e2e::{redis_url, unique};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -38,6 +41,11 @@ enum Op {
         id: usize,
         late: bool,
     },
+    /// A consumer committed this request's event.
+    MarkStored {
+        coupon: u32,
+        id: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -49,6 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1u32..=4, 0i64..=2).prop_map(|(coupon, by)| Op::Grow { coupon, by }),
         1 => (1u32..=4, 1u64..=5, 0usize..6).prop_map(|(coupon, user, id)| Op::SettleIssued { coupon, user, id }),
         2 => (1u32..=4, 1u64..=5, 0usize..6, any::<bool>()).prop_map(|(coupon, user, id, late)| Op::SettleReleased { coupon, user, id, late }),
+        1 => (1u32..=4, 0usize..6).prop_map(|(coupon, id)| Op::MarkStored { coupon, id }),
     ]
 }
 
@@ -149,6 +158,32 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
                     .expect("memory");
                 prop_assert_eq!(a, b, "step {}: {:?}", step, op);
             }
+            Op::MarkStored { coupon, id } => {
+                let marks = [StoredMark {
+                    coupon,
+                    request_id: ids[id],
+                }];
+                redis
+                    .mark_stored(&campaign, &marks, 1)
+                    .await
+                    .expect("redis");
+                memory
+                    .mark_stored(&campaign, &marks, 1)
+                    .await
+                    .expect("memory");
+            }
+        }
+        // The status of every request id for the coupon this step touched.
+        let (Op::Reserve { coupon, .. }
+        | Op::Release { coupon, .. }
+        | Op::Grow { coupon, .. }
+        | Op::SettleIssued { coupon, .. }
+        | Op::SettleReleased { coupon, .. }
+        | Op::MarkStored { coupon, .. }) = *op;
+        for id in &ids {
+            let a = status(redis, &campaign, coupon, *id).await;
+            let b = status(&memory, &campaign, coupon, *id).await;
+            prop_assert_eq!(a, b, "step {}: {:?}: status of {}", step, op, id);
         }
     }
     for coupon in 1..=4u32 {
@@ -186,6 +221,25 @@ fn reservation(coupon: u32, user: u64, request_id: Uuid) -> Reservation {
         at_ms: 0,
         shard: 0,
     }
+}
+
+/// A request's status without its times (two clocks), but with which times are known.
+async fn status(
+    gate: &dyn StockGate,
+    campaign: &str,
+    coupon: u32,
+    id: Uuid,
+) -> Option<(u64, &'static str, bool)> {
+    let s = gate
+        .request_status(campaign, coupon, id)
+        .await
+        .expect("status")?;
+    let RequestStatus { user, stage } = s;
+    Some(match stage {
+        RequestStage::Pending { reserved_at_ms } => (user, "pending", reserved_at_ms.is_some()),
+        RequestStage::Issued { stored_at_ms } => (user, "issued", stored_at_ms.is_some()),
+        RequestStage::Released { .. } => (user, "released", true),
+    })
 }
 
 /// The (user, request id) of every unsettled reservation (times differ: two clocks).

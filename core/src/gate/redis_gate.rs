@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::shards::{MAX_SHARDS, ShardKeys, home_shard, rebuilt_stock, share, siblings};
 use super::{
-    Decision, Ensured, GateCoupon, GateSnapshot, Released, Reservation, StockGate, Unsettled,
-    catalog_key, lost_key, parse_uuid, unsettled_member,
+    Decision, Ensured, GateCoupon, GateSnapshot, Released, RequestStatus, Reservation, StockGate,
+    StoredMark, Unsettled, catalog_key, lost_key, parse_uuid, stage_of, unsettled_member,
 };
 use crate::backends::{RedisConnection, RedisLink};
 use crate::campaign::{CouponId, UserId};
@@ -208,6 +208,7 @@ impl RedisGate {
                     .key(&keys.coupon)
                     .key(&keys.holders)
                     .key(&keys.unsettled)
+                    .key(&keys.requests)
                     .arg(a.user)
                     .arg(a.request_id.to_string())
                     .arg(a.shards)
@@ -335,6 +336,7 @@ impl RedisGate {
             .key(&keys.coupon)
             .key(&keys.holders)
             .key(&keys.unsettled)
+            .key(&keys.requests)
             .arg("unclaim")
             .arg(a.user)
             .arg(a.request_id.to_string())
@@ -417,6 +419,7 @@ impl RedisGate {
         let mut call = self.scripts.release.key(&keys.coupon);
         call.key(&keys.holders)
             .key(&keys.unsettled)
+            .key(&keys.requests)
             .arg(user)
             .arg(request_id.to_string());
         if let Some(cutoff) = cutoff {
@@ -679,9 +682,14 @@ impl StockGate for RedisGate {
                 .push((u.to_string(), r.to_string()));
         }
         for (home, items) in &by_home {
-            let key = ShardKeys::new(campaign, coupon, *home).holders;
+            let keys = ShardKeys::new(campaign, coupon, *home);
             for chunk in items.chunks(1000) {
-                let () = conn.hset_multiple(&key, chunk).await?;
+                let () = conn.hset_multiple(&keys.holders, chunk).await?;
+                let by_request: Vec<(&str, &str)> = chunk
+                    .iter()
+                    .map(|(u, r)| (r.as_str(), u.as_str()))
+                    .collect();
+                let () = conn.hset_multiple(&keys.requests, &by_request).await?;
             }
         }
         let stock = rebuilt_stock(
@@ -855,8 +863,10 @@ impl StockGate for RedisGate {
     ) -> Result<()> {
         let k = self.shards(campaign, coupon).await?;
         let mut at_home: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+        let mut at_home_ids = Vec::new();
         for r in r {
             if r.shard == home_shard(r.user, k) {
+                at_home_ids.push(r.request_id.to_string());
                 at_home
                     .entry(r.shard)
                     .or_default()
@@ -871,6 +881,11 @@ impl StockGate for RedisGate {
             for chunk in members.chunks(1000) {
                 let _: i64 = conn.zrem(&key, chunk).await?;
             }
+        }
+        // Settled as issued at home: the status no longer needs the consumer's marks.
+        let stored = ShardKeys::new(campaign, coupon, 0).stored;
+        for chunk in at_home_ids.chunks(1000) {
+            let _: i64 = conn.hdel(&stored, chunk).await?;
         }
         Ok(())
     }
@@ -894,5 +909,79 @@ impl StockGate for RedisGate {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
+    }
+
+    async fn mark_stored(&self, campaign: &str, marks: &[StoredMark], at_ms: i64) -> Result<()> {
+        let mut by_coupon: BTreeMap<CouponId, Vec<(String, i64)>> = BTreeMap::new();
+        for m in marks {
+            by_coupon
+                .entry(m.coupon)
+                .or_default()
+                .push((m.request_id.to_string(), at_ms));
+        }
+        let mut pipe = redis::pipe();
+        for (coupon, items) in &by_coupon {
+            pipe.hset_multiple(ShardKeys::new(campaign, *coupon, 0).stored, items)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn request_status(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        request_id: Uuid,
+    ) -> Result<Option<RequestStatus>> {
+        let k = self.shards(campaign, coupon).await?;
+        let id = request_id.to_string();
+        let mut conn = self.conn.clone();
+        let zero = ShardKeys::new(campaign, coupon, 0);
+        let (mut found, stored_at): (Option<String>, Option<i64>) = redis::pipe()
+            .hget(&zero.requests, &id)
+            .hget(&zero.stored, &id)
+            .query_async(&mut conn)
+            .await?;
+        let mut home = 0;
+        // A sharded coupon records the request at the user's home, which the id does not name.
+        for shard in 1..k {
+            if found.is_some() {
+                break;
+            }
+            found = conn
+                .hget(ShardKeys::new(campaign, coupon, shard).requests, &id)
+                .await?;
+            home = shard;
+        }
+        let Some(recorded) = found else {
+            return Ok(None);
+        };
+        let (user, released_at) = match recorded.split_once('@') {
+            Some((u, at)) => (u, at.parse().ok()),
+            None => (recorded.as_str(), None),
+        };
+        let user: UserId = user.parse().map_err(|_| {
+            Error::Unexpected(format!("gate holds a bad request record {recorded:?}"))
+        })?;
+        let keys = ShardKeys::new(campaign, coupon, home);
+        let member = unsettled_member(user, request_id);
+        let (holder, at): (Option<String>, Option<f64>) = redis::pipe()
+            .hget(&keys.holders, user)
+            .zscore(&keys.unsettled, &member)
+            .query_async(&mut conn)
+            .await?;
+        // The home's entry stands for the whole reservation, a unit lent by a sibling included
+        // (the sibling's own entry only tracks that unit).
+        let unsettled_at = at.map(|a| a as i64);
+        Ok(stage_of(
+            request_id,
+            holder.as_deref(),
+            unsettled_at,
+            stored_at,
+            released_at,
+        )
+        .map(|stage| RequestStatus { user, stage }))
     }
 }

@@ -2,7 +2,9 @@
 -- releases, once. Answers {0} nothing, {1} stock given back here, {2} a claim dropped (no unit),
 -- {3, shard} the unit was taken from that sibling shard (the caller gives it back there),
 -- {-1} (settlement only) replayed or confirmed after the cutoff.
--- KEYS[1] coupon (shard) hash, KEYS[2] holders hash, KEYS[3] unsettled reservations
+-- KEYS[1] coupon (shard) hash, KEYS[2] holders hash, KEYS[3] unsettled reservations,
+-- KEYS[4] requests (request id -> user): a released unit leaves "user@ms" there, so its status
+--   reads `released` rather than unknown; a dropped claim (never a unit) leaves nothing
 -- ARGV[1] user id, ARGV[2] request id
 -- ARGV[3] (settlement only) reservation-time cutoff ms: release only a reservation still
 --   unsettled and made at or before it; a replay since then (newer time) publishes again.
@@ -24,8 +26,11 @@ end
 redis.call('HDEL', KEYS[2], ARGV[1])
 local mark = string.sub(holder, 37, 37)
 if mark == '?' then
+  redis.call('HDEL', KEYS[4], ARGV[2])
   return {2}
 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[1] .. '@' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
 if mark == '>' then
   return {3, tonumber(string.sub(holder, 38))}
 end

@@ -5,6 +5,7 @@
 -- KEYS[2] holders hash (user id -> request id; on a sharded coupon "<id>?<nonce>" is a claim
 --         in progress and "<id>><shard>" a unit taken from that sibling shard)
 -- KEYS[3] unsettled reservations (sorted set "user:request id", scored by reservation time ms)
+-- KEYS[4] requests made at this shard (request id -> user), so a status query needs only the id
 -- ARGV[1] user id, ARGV[2] request id, ARGV[3] the shard count the caller assumed,
 -- ARGV[4] (sharded) this attempt's nonce: a claim is "<id>?<nonce>", so only the attempt that
 --   made it confirms it, even when a retry under the same request id runs beside it
@@ -51,6 +52,7 @@ end
 if tonumber(meta[1]) > 0 then
   redis.call('HINCRBY', KEYS[1], 'stock', -1)
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
   -- Recorded so the reservation can be settled without the process that made it.
   redis.call('ZADD', KEYS[3], now, ARGV[1] .. ':' .. ARGV[2])
   -- The reservation's time: the caller's proof that no replay has touched it since.
@@ -61,6 +63,7 @@ if shards > 1 then
   if (tonumber(hint[1]) or 0) <= now then
     -- Claim the user's slot first, so no other attempt of this user borrows at the same time.
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '?' .. (ARGV[4] or ''))
+    redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
     redis.call('ZADD', KEYS[3], now, ARGV[1] .. ':' .. ARGV[2])
     return {'borrow', hint[2] or '0'}
   end

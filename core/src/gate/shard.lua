@@ -36,12 +36,14 @@ elseif step == 'confirm' then
   redis.call('ZADD', KEYS[2], 'XX', at, ARGV[2] .. ':' .. ARGV[3])
   return at
 elseif step == 'unclaim' then
-  -- At home: KEYS[1] hash, KEYS[2] holders, KEYS[3] unsettled; ARGV[2] user, ARGV[3] request,
+  -- At home: KEYS[1] hash, KEYS[2] holders, KEYS[3] unsettled, KEYS[4] requests;
+  -- ARGV[2] user, ARGV[3] request,
   -- ARGV[4] the epoch the claim saw ('' when abandoning after an error), ARGV[5] hint ms,
   -- ARGV[6] the attempt's nonce (only its own claim is dropped).
   if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3] .. '?' .. ARGV[6] then
     redis.call('HDEL', KEYS[2], ARGV[2])
     redis.call('ZREM', KEYS[3], ARGV[2] .. ':' .. ARGV[3])
+    redis.call('HDEL', KEYS[4], ARGV[3])
   end
   if ARGV[4] ~= '' then
     redis.call('HINCRBY', KEYS[1], 'refused_sold_out', 1)

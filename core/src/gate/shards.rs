@@ -18,12 +18,16 @@ fn tag(campaign: &str, coupon: CouponId, shard: u16) -> String {
     }
 }
 
-/// One shard's keys: stock hash, holders (users homed here), unsettled reservations.
+/// One shard's keys: stock hash, holders (users homed here), unsettled reservations, the
+/// requests made here (request id → user, or `user@ms` once released) and, on shard 0 only,
+/// the consumer's marks of stored requests (request id → ms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardKeys {
     pub coupon: String,
     pub holders: String,
     pub unsettled: String,
+    pub requests: String,
+    pub stored: String,
 }
 
 impl ShardKeys {
@@ -33,11 +37,19 @@ impl ShardKeys {
             coupon: format!("coupon:{tag}"),
             holders: format!("coupon:{tag}:holders"),
             unsettled: format!("coupon:{tag}:unsettled"),
+            requests: format!("coupon:{tag}:requests"),
+            stored: format!("coupon:{tag}:stored"),
         }
     }
 
-    pub fn all(&self) -> [&str; 3] {
-        [&self.coupon, &self.holders, &self.unsettled]
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.coupon,
+            &self.holders,
+            &self.unsettled,
+            &self.requests,
+            &self.stored,
+        ]
     }
 }
 
