@@ -21,8 +21,9 @@ pub struct IssueBody {
     pub user_id: u64,
 }
 
-/// Every refusal: a stable `code`, a human message and, when the outcome is unknown (`503
-/// unavailable` after a reservation) or already decided (`409 already_issued`), the request id.
+/// Every refusal: a stable `code`, a human message and, after a reservation (`503
+/// unavailable`: its `Location` tells the outcome) or when already decided (`409
+/// already_issued`), the request id.
 #[derive(ToSchema)]
 #[allow(dead_code)] // the shape of ApiError's JSON
 pub struct Refusal {
@@ -68,12 +69,21 @@ impl Modify for BearerAuth {
     paths(
         crate::issue,
         crate::coupon,
+        crate::status::request,
+        crate::status::user_coupons,
         crate::healthz,
         crate::readyz,
         crate::metrics,
         crate::openapi_json
     ),
-    components(schemas(IssueBody, Refusal, crate::issue::Accepted, crate::CouponView)),
+    components(schemas(
+        IssueBody,
+        Refusal,
+        crate::issue::Accepted,
+        crate::CouponView,
+        crate::status::RequestView,
+        crate::status::UserCoupons
+    )),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -32,9 +32,11 @@ pub enum ApiError {
     #[error("{reason}")]
     Unavailable {
         reason: String,
-        /// Set when the outcome is unknown: the request may still be issued.
-        request_id: Option<Uuid>,
+        /// Set when a reservation was made: its status resource tells the outcome.
+        request: Option<(CouponId, Uuid)>,
     },
+    #[error("no request {0} is known for this coupon")]
+    UnknownRequest(String),
 }
 
 #[derive(Serialize)]
@@ -61,12 +63,12 @@ impl ApiError {
     pub fn unavailable(reason: impl Into<String>) -> Self {
         Self::Unavailable {
             reason: reason.into(),
-            request_id: None,
+            request: None,
         }
     }
 
     /// Every [`code`](Self::code), so metrics can start each series at zero.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "sold_out",
         "already_issued",
         "not_open",
@@ -78,6 +80,7 @@ impl ApiError {
         "rate_limited",
         "overloaded",
         "unavailable",
+        "unknown_request",
     ];
 
     /// The stable code clients and metrics see.
@@ -94,6 +97,7 @@ impl ApiError {
             Self::RateLimited(_) => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::Unavailable { .. } => "unavailable",
+            Self::UnknownRequest(_) => "unknown_request",
         }
     }
 
@@ -101,7 +105,7 @@ impl ApiError {
         match self {
             Self::SoldOut(_) | Self::AlreadyIssued { .. } => StatusCode::CONFLICT,
             Self::NotOpen | Self::Closed => StatusCode::FORBIDDEN,
-            Self::UnknownCoupon(_) => StatusCode::NOT_FOUND,
+            Self::UnknownCoupon(_) | Self::UnknownRequest(_) => StatusCode::NOT_FOUND,
             Self::InvalidRequest { status, .. } => *status,
             Self::Unauthenticated(_) | Self::IdentityMismatch => StatusCode::UNAUTHORIZED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -112,10 +116,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let request_id = match &self {
-            Self::AlreadyIssued { request_id, .. } => Some(*request_id),
-            Self::Unavailable { request_id, .. } => *request_id,
-            _ => None,
+        let (request_id, location) = match &self {
+            Self::AlreadyIssued { request_id, .. } => (Some(*request_id), None),
+            Self::Unavailable {
+                request: Some((coupon, id)),
+                ..
+            } => (Some(*id), Some(status_location(*coupon, *id))),
+            _ => (None, None),
         };
         let body = Body {
             code: self.code(),
@@ -124,6 +131,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
+        if let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) {
+            headers.insert(header::LOCATION, location);
+        }
         match &self {
             Self::Unavailable { .. } | Self::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -141,6 +151,11 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Where the client asks what became of a request (the `Location` of its 202 or 503).
+pub fn status_location(coupon: CouponId, request_id: Uuid) -> String {
+    format!("/api/coupons/{coupon}/requests/{request_id}")
 }
 
 /// Whole seconds to wait, at least 1 (Retry-After has no fractions).
@@ -169,6 +184,7 @@ mod tests {
             ApiError::RateLimited(std::time::Duration::from_millis(1500)),
             ApiError::Overloaded,
             ApiError::unavailable(""),
+            ApiError::UnknownRequest(String::new()),
         ];
         let codes: Vec<_> = all.iter().map(ApiError::code).collect();
         assert_eq!(codes, ApiError::CODES);

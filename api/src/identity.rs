@@ -232,7 +232,7 @@ pub fn hs256_bearer(secret: &str, claims: &serde_json::Value) -> String {
     format!("Bearer {token}")
 }
 
-fn parse_user(s: &str) -> Option<UserId> {
+pub(crate) fn parse_user(s: &str) -> Option<UserId> {
     s.trim()
         .parse::<UserId>()
         .ok()

@@ -141,9 +141,12 @@ impl Issuer {
                 .await
             {
                 Ok(Released::Released) => {
-                    return ApiError::unavailable(format!(
-                        "the broker refused the request ({failure}); nothing was reserved, retry shortly"
-                    ));
+                    return ApiError::Unavailable {
+                        reason: format!(
+                            "the broker refused the request ({failure}); nothing was reserved, retry shortly"
+                        ),
+                        request: Some((e.coupon_id, e.request_id)),
+                    };
                 }
                 // Replayed since, or already settled (perhaps as issued): not ours to undo.
                 Ok(outcome @ (Released::Refreshed | Released::Gone)) => {
@@ -158,7 +161,7 @@ impl Issuer {
         // the event reached the ledger and releases it otherwise.
         ApiError::Unavailable {
             reason: "the broker did not confirm in time; retry with the same Idempotency-Key, or check the request id later".into(),
-            request_id: Some(e.request_id),
+            request: Some((e.coupon_id, e.request_id)),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod issue;
 pub mod metrics;
 pub mod request;
+pub mod status;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
-use crate::error::ApiError;
+use crate::error::{ApiError, status_location};
 use crate::issue::Issuer;
 use crate::metrics::Metrics;
 use crate::request::{IssueRequest, MAX_BODY_BYTES, parse_coupon_id};
@@ -133,6 +134,25 @@ impl AppState {
         })
     }
 
+    /// The campaign's coupon ids, as the catalog lists them.
+    fn coupons(&self) -> Result<Vec<CouponId>, ApiError> {
+        let guard = self
+            .0
+            .catalog
+            .read()
+            .map_err(|_| ApiError::unavailable("catalog lock poisoned"))?;
+        let mut ids: Vec<CouponId> = guard
+            .as_ref()
+            .ok_or_else(|| {
+                ApiError::unavailable("the campaign's catalog is not in the gate; it is provisioning or being rebuilt")
+            })?
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     fn known(&self, coupon: CouponId) -> Result<Option<i64>, ApiError> {
         let guard = self
             .0
@@ -153,6 +173,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/coupons/{coupon_id}/issue", post(issue))
         .route("/api/coupons/{coupon_id}", get(coupon))
+        .route(
+            "/api/coupons/{coupon_id}/requests/{request_id}",
+            get(status::request),
+        )
+        .route("/api/users/{user_id}/coupons", get(status::user_coupons))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -182,7 +207,8 @@ pub fn app(state: AppState) -> Router {
     ),
     request_body(content = crate::contract::IssueBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Issued: the event is in the broker", body = crate::issue::Accepted),
+        (status = 202, description = "Issued: the event is in the broker; Location names the request's status resource", body = crate::issue::Accepted,
+            headers(("Location" = String, description = "/api/coupons/{couponId}/requests/{requestId}"))),
         (status = 400, description = "invalid_request: malformed id, body or header", body = crate::contract::Refusal),
         (status = 401, description = "unauthenticated or identity_mismatch", body = crate::contract::Refusal),
         (status = 403, description = "not_open or closed: outside the campaign window", body = crate::contract::Refusal),
@@ -191,7 +217,8 @@ pub fn app(state: AppState) -> Router {
         (status = 413, description = "invalid_request: body over 1 KiB", body = crate::contract::Refusal),
         (status = 415, description = "invalid_request: not JSON", body = crate::contract::Refusal),
         (status = 429, description = "rate_limited; see Retry-After", body = crate::contract::Refusal),
-        (status = 503, description = "unavailable or overloaded; see Retry-After. With a requestId the outcome is unknown: settlement decides it", body = crate::contract::Refusal)
+        (status = 503, description = "unavailable or overloaded; see Retry-After. With a requestId a reservation was made: its Location tells the outcome (settlement decides an unknown one)", body = crate::contract::Refusal,
+            headers(("Location" = Option<String>, description = "With a requestId: /api/coupons/{couponId}/requests/{requestId}")))
     ),
     security((), ("bearer" = []))
 )]
@@ -270,10 +297,18 @@ impl AppState {
         }
         .await;
         let (outcome, response) = match result {
-            Ok(accepted) => (
-                "accepted",
-                (StatusCode::ACCEPTED, Json(accepted)).into_response(),
-            ),
+            Ok(accepted) => {
+                let location = status_location(accepted.coupon_id, accepted.request_id);
+                (
+                    "accepted",
+                    (
+                        StatusCode::ACCEPTED,
+                        [(header::LOCATION, location)],
+                        Json(accepted),
+                    )
+                        .into_response(),
+                )
+            }
             Err(e) => (e.code(), e.into_response()),
         };
         self.count(outcome, started);
