@@ -119,7 +119,8 @@ pub async fn run(
         ledger.clone(),
         stop.clone(),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .marking_stored(gate.clone());
     let consumer = tokio::spawn(worker.run());
 
     let books = Books {

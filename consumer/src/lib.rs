@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use coupon_core::backends::KafkaConnection;
+use coupon_core::backends::{KafkaConnection, RedisConnection};
 use coupon_core::broker::{LagProbe, client_config};
 use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
+use coupon_core::gate::{RedisGate, StockGate, StoredMark};
 use coupon_core::ledger::Ledger;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, Rebalance, StreamConsumer};
@@ -119,12 +120,17 @@ impl ConsumerConfig {
 
 pub struct Worker {
     cfg: ConsumerConfig,
+    /// Where committed requests are marked stored for their status; `None` marks nothing.
+    marks: Option<Arc<dyn StockGate>>,
     consumer: StreamConsumer<ConsumerContext>,
     ledger: Ledger,
     dead_letters: DeadLetters,
     metrics: Metrics,
     stop: CancellationToken,
 }
+
+/// How long the stored marks of one batch may take before the worker moves on without them.
+const MARK_WITHIN: Duration = Duration::from_millis(500);
 
 /// The batch was not written because the worker is stopping.
 struct Stopped;
@@ -151,6 +157,7 @@ impl Worker {
         Ok(Self {
             metrics: Metrics::new(&cfg.campaign),
             cfg,
+            marks: None,
             consumer,
             ledger,
             dead_letters,
@@ -160,6 +167,13 @@ impl Worker {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Marks every committed request stored in `gate`, so its status reads `issued` at once
+    /// rather than when settlement gets to it.
+    pub fn marking_stored(mut self, gate: Arc<dyn StockGate>) -> Self {
+        self.marks = Some(gate);
+        self
     }
 
     /// Consumes until stopped; the batch in hand is finished (or left uncommitted) first.
@@ -269,11 +283,55 @@ impl Worker {
         m.events
             .with_label_values(&["dead_lettered"])
             .inc_by(poison.len() as u64);
+        self.mark_stored(batch, &outcome.poison).await;
         if let Err(e) = self.consumer.store_offsets(&batch.next_offsets()) {
             // The partition moved to another member; it will redeliver, the ledger dedupes.
             tracing::debug!(error = %e, "store offsets");
         }
         Ok(())
+    }
+
+    /// After the commit, best effort: a gate that is down or slow never holds the ledger up
+    /// (settlement marks the same requests issued later).
+    async fn mark_stored(
+        &self,
+        batch: &Batch,
+        poison: &[(usize, coupon_core::event::PoisonReason)],
+    ) {
+        let Some(gate) = &self.marks else { return };
+        let marks: Vec<StoredMark> = batch
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !poison.iter().any(|(p, _)| p == i))
+            .map(|(_, e)| StoredMark {
+                coupon: e.coupon_id,
+                request_id: e.request_id,
+            })
+            .collect();
+        if marks.is_empty() {
+            return;
+        }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let marked = tokio::time::timeout(
+            MARK_WITHIN,
+            gate.mark_stored(&self.cfg.campaign, &marks, at_ms),
+        )
+        .await;
+        let outcome = match marked {
+            Ok(Ok(())) => "marked",
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stored marks skipped");
+                "failed"
+            }
+            Err(_) => "timeout",
+        };
+        self.metrics
+            .stored_marks
+            .with_label_values(&[outcome])
+            .inc_by(marks.len() as u64);
     }
 
     async fn pause(&self, d: Duration) -> Result<(), Stopped> {
@@ -313,11 +371,14 @@ async fn lag_loop(worker: Arc<Worker>) {
     }
 }
 
-/// Connects the ledger (failing fast), then consumes until `stop` is cancelled.
+/// Connects the ledger (failing fast), then consumes until `stop` is cancelled. With `gate`
+/// (the campaign's Redis) committed requests are marked stored for their status; a gate that
+/// cannot be reached at start is only warned about: the ledger does not wait for it.
 pub async fn run(
     cfg: ConsumerConfig,
     database_url: &str,
     db_connections: u32,
+    gate: Option<RedisConnection>,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
     coupon_core::campaign::validate_name(&cfg.campaign).map_err(coupon_core::Error::Unexpected)?;
@@ -333,5 +394,16 @@ pub async fn run(
             cfg.kafka.brokers
         ))
     })?;
-    Worker::new(cfg, ledger, stop)?.run().await
+    let worker = Worker::new(cfg, ledger, stop)?;
+    let worker = match gate {
+        None => worker,
+        Some(redis) => match RedisGate::connect(redis).await {
+            Ok(gate) => worker.marking_stored(Arc::new(gate)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unreachable: requests read `pending` until settlement marks them issued");
+                worker
+            }
+        },
+    };
+    worker.run().await
 }

@@ -58,6 +58,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Only a Redis named explicitly: marking stored requests is an addition, not a need.
+    let gate = match backends.redis.is_some().then(|| backends.redis()) {
+        None => None,
+        Some(Ok(redis)) => Some(redis),
+        Some(Err(e)) => {
+            eprintln!("coupon-consumer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = ConsumerConfig {
         topic,
         group,
@@ -72,7 +81,7 @@ async fn main() -> ExitCode {
         shutdown_signal().await;
         on_signal.cancel();
     });
-    match coupon_consumer::run(cfg, &database_url, db_connections, stop).await {
+    match coupon_consumer::run(cfg, &database_url, db_connections, gate, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, label = e.label(), "coupon-consumer failed");

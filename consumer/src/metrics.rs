@@ -10,6 +10,7 @@ pub struct Metrics {
     registry: Registry,
     pub events: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub stored_marks: IntCounterVec,
     pub batch_size: Histogram,
     pub transaction: Histogram,
     pub db_errors: IntCounter,
@@ -41,6 +42,14 @@ impl Metrics {
                     "Events sent to the dead-letter topic by reason",
                 ),
                 &["reason"],
+            )
+            .expect("valid metric"),
+            stored_marks: IntCounterVec::new(
+                o(
+                    "coupon_consumer_stored_marks_total",
+                    "Committed requests marked stored in the gate for their status, by outcome (marked, failed, timeout)",
+                ),
+                &["outcome"],
             )
             .expect("valid metric"),
             batch_size: Histogram::with_opts(h(
@@ -80,6 +89,7 @@ impl Metrics {
         for c in [
             Box::new(m.events.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.dead_letters.clone()),
+            Box::new(m.stored_marks.clone()),
             Box::new(m.batch_size.clone()),
             Box::new(m.transaction.clone()),
             Box::new(m.db_errors.clone()),
@@ -91,6 +101,9 @@ impl Metrics {
         // Every series exists from the start, so rate() and increase() see the first event.
         for result in ["inserted", "redelivered", "dead_lettered"] {
             m.events.with_label_values(&[result]);
+        }
+        for outcome in ["marked", "failed", "timeout"] {
+            m.stored_marks.with_label_values(&[outcome]);
         }
         for reason in coupon_core::event::PoisonReason::LABELS {
             m.dead_letters.with_label_values(&[reason]);

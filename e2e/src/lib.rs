@@ -266,8 +266,9 @@ impl Stack {
     /// Starts the consumer writing through `ledger` (tests pass a ledger behind a proxy).
     pub fn start_consumer(&mut self, ledger: Ledger) {
         self.stop = CancellationToken::new();
-        let worker =
-            Worker::new(self.consumer_cfg.clone(), ledger, self.stop.clone()).expect("consumer");
+        let worker = Worker::new(self.consumer_cfg.clone(), ledger, self.stop.clone())
+            .expect("consumer")
+            .marking_stored(self.gate.clone());
         self.consumer = Some(tokio::spawn(async move {
             worker.run().await.expect("consumer run");
         }));
@@ -336,6 +337,56 @@ impl Stack {
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `GET path` with headers: status, JSON body and the answer's headers.
+    pub async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+        let mut req = Request::get(path);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let answer_headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json, answer_headers)
+    }
+
+    /// The `status` a request's status resource answers (`unknown_request` when 404).
+    pub async fn request_status(&self, coupon: u32, id: uuid::Uuid) -> String {
+        let (s, j, _) = self
+            .get_with(&format!("/api/coupons/{coupon}/requests/{id}"), &[])
+            .await;
+        match s {
+            StatusCode::OK => j["status"].as_str().unwrap_or_default().to_string(),
+            _ => j["code"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Polls a request's status until it is `want`; panics after `within`.
+    pub async fn wait_status(&self, coupon: u32, id: uuid::Uuid, want: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.request_status(coupon, id).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "request {id} still {now}, not {want}, after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Total lag of the campaign's consumer group.

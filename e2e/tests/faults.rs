@@ -38,12 +38,19 @@ async fn broker_refusal_releases_the_reservation() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
     );
-    let refused = stack.issue(1, 10).await;
-    assert_refused(&refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    assert!(
-        refused.1.get("requestId").is_none(),
-        "a certain refusal has nothing to settle"
+    let (s, j, headers) = stack.post_with("1", r#"{"userId":10}"#, &[]).await;
+    assert_refused(
+        &(s, j.clone()),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
     );
+    // A certain refusal was released at once: its status says so, nothing is left to settle.
+    let refused = request_id(&j);
+    assert_eq!(
+        headers[axum::http::header::LOCATION],
+        format!("/api/coupons/1/requests/{refused}").as_str()
+    );
+    assert_eq!(stack.request_status(1, refused).await, "released");
     assert_eq!(stack.remaining(1).await, 3, "stock given back");
     assert_eq!(
         stack.gate_snapshot(1).await.holders,
@@ -68,8 +75,19 @@ async fn broker_refusal_releases_the_reservation() {
     }
     assert_eq!(ok.0, StatusCode::ACCEPTED, "{}", ok.1);
     stack.drain(DRAIN).await;
+    let accepted = request_id(&ok.1);
+    stack
+        .wait_status(1, accepted, "issued", Duration::from_secs(10))
+        .await;
+    assert_eq!(stack.request_status(1, refused).await, "released");
+    let report = settle(&stack).await;
+    assert_eq!(
+        (report.kept, report.released),
+        (1, 0),
+        "only the accepted one was left to settle: {report:?}"
+    );
     let mut log = AcceptedLog::default();
-    log.accepted.insert(request_id(&ok.1));
+    log.accepted.insert(accepted);
     assert_green(&stack.verify(Some(&log)).await);
     stack.shutdown().await;
 }
@@ -101,12 +119,22 @@ async fn unknown_result_written_is_kept_by_reconciliation() {
         .publish(&IssuanceEvent::new(id, &name, 1, 20, chrono::Utc::now()))
         .await
         .expect("written");
+    // Its event is in the log: the consumer stores it and marks it, or settlement finds it.
+    assert!(
+        ["pending", "issued"].contains(&stack.request_status(1, id).await.as_str()),
+        "a reservation whose event is in the log is pending or issued"
+    );
+    stack.drain(DRAIN).await;
+    stack
+        .wait_status(1, id, "issued", Duration::from_secs(10))
+        .await;
     let report = settle(&stack).await;
     assert_eq!(
         (report.unsettled, report.kept, report.released),
         (1, 1, 0),
         "{report:?}"
     );
+    assert_eq!(stack.request_status(1, id).await, "issued");
     assert_eq!(stack.remaining(1).await, 2, "the coupon stays issued");
     assert_eq!(settle(&stack).await.unsettled, 0, "settled once");
     let mut log = AcceptedLog::default();
@@ -130,6 +158,11 @@ async fn unknown_result_never_written_is_released_by_reconciliation() {
     assert_refused(&answer, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     let id = request_id(&answer.1);
     assert_eq!(stack.remaining(1).await, 2, "kept until settled");
+    assert_eq!(
+        stack.request_status(1, id).await,
+        "pending",
+        "unknown until settled"
+    );
     // Retried without the key while unknown: the user holds the coupon, so not twice.
     assert_refused(
         &stack.issue(1, 30).await,
@@ -145,6 +178,7 @@ async fn unknown_result_never_written_is_released_by_reconciliation() {
     );
     assert_eq!(stack.remaining(1).await, 3, "stock back");
     assert_eq!(stack.gate_snapshot(1).await.holders, 0, "slot back");
+    assert_eq!(stack.request_status(1, id).await, "released");
     assert_eq!(settle(&stack).await.unsettled, 0, "settled once");
     let mut log = AcceptedLog::default();
     log.ambiguous.insert(id);

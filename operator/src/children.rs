@@ -281,6 +281,8 @@ fn deployment(
             vec![
                 secret_env("KAFKA_BROKERS", &conn.kafka),
                 secret_env("DATABASE_URL", &conn.database),
+                // Marks committed requests stored, so their status reads `issued` at once.
+                secret_env("REDIS_URL", &conn.redis),
                 plain_env(
                     "METRICS_LISTEN",
                     &format!("0.0.0.0:{CONSUMER_METRICS_PORT}"),
