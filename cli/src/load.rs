@@ -94,6 +94,104 @@ fn classify(status: u16, body: &[u8]) -> (String, Option<Uuid>) {
     (code, id)
 }
 
+/// A sample of the 202s is followed to the ledger: their status resource (the 202's
+/// `Location`) is polled until it reads `issued`, timing the wait the seed report could not see.
+const STORED_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+const STORED_SAMPLE_MAX: usize = 1000;
+/// The figure's resolution; about ten polls per sampled request at the usual wait.
+pub const STORED_POLL: Duration = Duration::from_millis(5);
+const STORED_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// Time from a 202 to its status reading `issued`, over the sampled requests.
+pub struct StoredTimes {
+    /// Microseconds.
+    pub histogram: Histogram<u64>,
+    pub sampled: u64,
+    /// Read `released` or unknown instead (a 202 must not: counted so the report shows it).
+    pub not_issued: u64,
+    /// Still `pending` after a minute (the consumer is down or far behind).
+    pub not_seen: u64,
+}
+
+struct StoredWatch {
+    /// Load-clock milliseconds of the last sample (`u64::MAX`: none yet), and how many.
+    last_ms: AtomicU64,
+    taken: AtomicUsize,
+    polls: std::sync::Mutex<Vec<tokio::task::JoinHandle<Result<Duration, &'static str>>>>,
+}
+
+impl StoredWatch {
+    fn new() -> Self {
+        Self {
+            last_ms: AtomicU64::new(u64::MAX),
+            taken: AtomicUsize::new(0),
+            polls: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether this 202 is the next sample (one per interval, all connections together).
+    fn take(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now_ms >= last + STORED_SAMPLE_EVERY.as_millis() as u64;
+        due && self.taken.load(Ordering::Relaxed) < STORED_SAMPLE_MAX
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            && self.taken.fetch_add(1, Ordering::Relaxed) < STORED_SAMPLE_MAX
+    }
+
+    async fn finish(&self) -> StoredTimes {
+        let polls = self
+            .polls
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        let mut out = StoredTimes {
+            histogram: new_histogram(),
+            sampled: polls.len() as u64,
+            not_issued: 0,
+            not_seen: 0,
+        };
+        for p in polls {
+            match p.await {
+                Ok(Ok(waited)) => {
+                    let _ = out.histogram.record(waited.as_micros().max(1) as u64);
+                }
+                Ok(Err("pending")) | Err(_) => out.not_seen += 1,
+                Ok(Err(_)) => out.not_issued += 1,
+            }
+        }
+        out
+    }
+}
+
+/// Polls a 202's status resource until it leaves `pending`; the wait since the 202 if issued.
+async fn follow(
+    client: reqwest::Client,
+    url: String,
+    accepted: Instant,
+    bearer: Option<String>,
+) -> Result<Duration, &'static str> {
+    while accepted.elapsed() < STORED_GIVE_UP {
+        let mut get = client.get(&url);
+        if let Some(b) = &bearer {
+            get = get.header("authorization", b);
+        }
+        if let Ok(r) = get.send().await {
+            let body = r.bytes().await.unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            match json["status"].as_str() {
+                Some("issued") => return Ok(accepted.elapsed()),
+                Some("pending") => {}
+                _ => return Err("not issued"),
+            }
+        }
+        tokio::time::sleep(STORED_POLL).await;
+    }
+    Err("pending")
+}
+
 #[derive(Default)]
 struct WorkerLog {
     histogram: Option<Histogram<u64>>,
@@ -111,6 +209,7 @@ pub struct LoadOutcome {
     /// 503 answers that carried a request id: may or may not be issued.
     pub ambiguous: Vec<Uuid>,
     pub max_vus: usize,
+    pub to_stored: StoredTimes,
     /// Answers per second by code, latency percentiles and users, on the recorder's clock.
     pub seconds: Vec<Second>,
     pub sold_out: Vec<SoldOut>,
@@ -131,6 +230,7 @@ struct Shared {
     active_vus: AtomicUsize,
     next_target: AtomicUsize,
     recorder: Arc<Recorder>,
+    stored: StoredWatch,
 }
 
 fn target_vus(elapsed: Duration, scale: f64) -> Option<usize> {
@@ -189,15 +289,33 @@ impl Shared {
             None => request.body(format!(r#"{{"userId":{user}}}"#)),
         };
         let result = request.send().await;
-        let (code, id) = match result {
+        let (code, id, location) = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                let location = (status == 202)
+                    .then(|| resp.headers().get(reqwest::header::LOCATION).cloned())
+                    .flatten();
                 let body = resp.bytes().await.unwrap_or_default();
-                classify(status, &body)
+                let (code, id) = classify(status, &body);
+                (code, id, location)
             }
-            Err(_) => ("transport_error".into(), None),
+            Err(_) => ("transport_error".into(), None, None),
         };
         let took = started.elapsed();
+        if let Some(path) = location.as_ref().and_then(|l| l.to_str().ok())
+            && self.stored.take(self.started.elapsed().as_millis() as u64)
+        {
+            let bearer = self.opts.tokens.as_ref().map(|t| t.bearer(user));
+            let poll = tokio::spawn(follow(
+                self.client.clone(),
+                format!("{target}{path}"),
+                Instant::now(),
+                bearer,
+            ));
+            if let Ok(mut polls) = self.stored.polls.lock() {
+                polls.push(poll);
+            }
+        }
         self.recorder.record(Answer {
             coupon,
             code: &code,
@@ -313,6 +431,7 @@ pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutco
         active_vus: AtomicUsize::new(0),
         next_target: AtomicUsize::new(0),
         recorder,
+        stored: StoredWatch::new(),
     });
     let sampler = {
         let shared = shared.clone();
@@ -367,6 +486,12 @@ pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutco
         accepted: Vec::new(),
         ambiguous: Vec::new(),
         max_vus: connections,
+        to_stored: StoredTimes {
+            histogram: new_histogram(),
+            sampled: 0,
+            not_issued: 0,
+            not_seen: 0,
+        },
         seconds: Vec::new(),
         sold_out: Vec::new(),
     };
@@ -382,6 +507,7 @@ pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutco
         outcome.ambiguous.extend(log.ambiguous);
     }
     outcome.elapsed = shared.started.elapsed();
+    outcome.to_stored = shared.stored.finish().await;
     sampler.abort();
     (outcome.seconds, outcome.sold_out) = shared.recorder.finish();
     if let Some(t) = ticker {

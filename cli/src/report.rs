@@ -39,6 +39,22 @@ pub struct Latency {
     pub max: f64,
 }
 
+/// The wait from a 202 to the ledger, as a client polling its `Location` sees it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToStored {
+    pub samples: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// The polls' interval: the figures' resolution.
+    pub poll_ms: f64,
+    /// Sampled 202s that read `released` or unknown (a broken promise) or stayed `pending`.
+    pub not_issued: u64,
+    pub not_seen: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionShare {
@@ -71,6 +87,8 @@ pub struct Report {
     pub throughput: f64,
     pub max_vus: usize,
     pub latency_ms: Latency,
+    /// From a 202 to its status reading `issued`, over a sample of the 202s (`None`: no 202).
+    pub to_stored_ms: Option<ToStored>,
     pub outcomes: BTreeMap<String, u64>,
     /// Second by second: answers, latency, users, lag per partition, sell-outs.
     pub timeline: Timeline,
@@ -296,6 +314,19 @@ fn build(
             p99: ms(h.value_at_quantile(0.99)),
             max: ms(h.max()),
         },
+        to_stored_ms: (o.to_stored.sampled > 0).then(|| {
+            let s = &o.to_stored.histogram;
+            ToStored {
+                samples: o.to_stored.sampled,
+                p50: ms(s.value_at_quantile(0.50)),
+                p95: ms(s.value_at_quantile(0.95)),
+                p99: ms(s.value_at_quantile(0.99)),
+                max: ms(s.max()),
+                poll_ms: crate::load::STORED_POLL.as_secs_f64() * 1000.0,
+                not_issued: o.to_stored.not_issued,
+                not_seen: o.to_stored.not_seen,
+            }
+        }),
         outcomes: o.outcomes.clone(),
         timeline,
         drained_after_s,
@@ -307,7 +338,9 @@ fn build(
         users,
         remaining: integrity.coupons.iter().map(|c| c.db_remaining).sum(),
         tiers,
-        passed: integrity.passed() && drained_after_s.is_some(),
+        passed: integrity.passed()
+            && drained_after_s.is_some()
+            && o.to_stored.not_issued + o.to_stored.not_seen == 0,
         integrity,
     }
 }
@@ -366,6 +399,21 @@ impl Report {
                 vec!["latency max".into(), format!("{:.2} ms", l.max)],
             ],
         )];
+        if let Some(s) = &self.to_stored_ms {
+            t[0].rows.push(vec![
+                format!(
+                    "202 → stored p50 / p95 / p99 ({} sampled, polled every {:.0} ms)",
+                    s.samples, s.poll_ms
+                ),
+                format!("{:.1} / {:.1} / {:.1} ms", s.p50, s.p95, s.p99),
+            ]);
+            if s.not_issued + s.not_seen > 0 {
+                t[0].rows.push(vec![
+                    "sampled 202s not read issued (released or unknown / still pending)".into(),
+                    format!("{} / {}", s.not_issued, s.not_seen),
+                ]);
+            }
+        }
         let total = self.requests.max(1) as f64;
         t.push(table(
             "4.2 Outcomes",

@@ -4,7 +4,7 @@
 //! books checked against the clients' own log. The suite (`tests/chaos.rs`) and
 //! `scripts/chaos.sh` (the `coupon-chaos` binary) run the same code.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -177,6 +177,8 @@ pub struct ClientLog {
     pub accepted: HashSet<Uuid>,
     /// Answers lost (hang-up, reset, 503 after retries): may or may not be issued.
     pub ambiguous: HashSet<Uuid>,
+    /// The coupon each accepted or ambiguous request asked for (its status resource's path).
+    pub coupon_of: HashMap<Uuid, CouponId>,
     pub refused: BTreeMap<String, u64>,
     /// Coupons answered `sold_out` at least once.
     pub sold_out: BTreeSet<CouponId>,
@@ -722,6 +724,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
             if let Ok(mut l) = log.lock() {
                 l.requests += 1;
                 l.accepted.insert(*id);
+                l.coupon_of.insert(*id, PROBE_COUPON);
             }
             clock.note("a new request after the faults: 202");
         }
@@ -767,6 +770,13 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     .await
     .map_err(|e| format!("verify: {e}"))?;
     let mut problems = problems(&report, &clients, balanced_after.is_some());
+    match status_problems(&http, &api_addr, &clients, &ledger).await {
+        Ok((said, wrong)) => {
+            clock.note(format!("request statuses after healing: {said}"));
+            problems.extend(wrong);
+        }
+        Err(e) => problems.push(format!("request statuses: {e}")),
+    }
     // Where did a lost 202 go? Its event in the topic (then the consumer skipped it), in the
     // dead-letter topic, or nowhere (the broker acknowledged what it did not keep).
     let lost: BTreeSet<Uuid> = report.not_stored.iter().copied().collect();
@@ -1002,6 +1012,74 @@ async fn final_probe(http: &reqwest::Client, addr: &str, campaign: &str) -> Resu
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Err(format!("no 202 in 10 s (last: {last})"))
+}
+
+/// Once healed, each request's status resource agrees with the ledger: every 202 reads
+/// `issued`; a lost answer reads `issued` exactly when the ledger holds it, else `released`
+/// (or unknown: it never reserved). Nothing is left `pending`.
+async fn status_problems(
+    http: &reqwest::Client,
+    addr: &str,
+    clients: &ClientLog,
+    ledger: &Ledger,
+) -> Result<(String, Vec<String>), String> {
+    use futures::StreamExt;
+    let ids: Vec<Uuid> = clients.coupon_of.keys().copied().collect();
+    let stored = ledger
+        .stored_among(&ids)
+        .await
+        .map_err(|e| format!("ledger: {e}"))?;
+    let said: Vec<(Uuid, String)> = futures::stream::iter(clients.coupon_of.iter())
+        .map(|(id, coupon)| async move {
+            let url = format!("http://{addr}/api/coupons/{coupon}/requests/{id}");
+            let status = match http.get(url).send().await {
+                Ok(r) => {
+                    let bytes = r.bytes().await.unwrap_or_default();
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&bytes).unwrap_or_default();
+                    json["status"]
+                        .as_str()
+                        .or(json["code"].as_str())
+                        .unwrap_or("no answer")
+                        .to_string()
+                }
+                Err(e) => format!("no answer ({e})"),
+            };
+            (*id, status)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for (id, status) in &said {
+        *counts.entry(status.as_str()).or_default() += 1;
+        let right = match (clients.accepted.contains(id), stored.contains(id)) {
+            (true, _) | (false, true) => status == "issued",
+            (false, false) => status == "released" || status == "unknown_request",
+        };
+        if !right && wrong.len() < 10 {
+            let what = if clients.accepted.contains(id) {
+                "a 202"
+            } else {
+                "a lost answer"
+            };
+            let held = if stored.contains(id) {
+                "holds"
+            } else {
+                "lacks"
+            };
+            wrong.push(format!(
+                "request {id} ({what}; the ledger {held} it) reads {status}"
+            ));
+        }
+    }
+    let counts = counts
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((counts, wrong))
 }
 
 /// One sample of an unlabelled metric on the API's /metrics page.
@@ -1320,6 +1398,7 @@ impl LoadClient {
                         self.record(|l| {
                             l.requests += 1;
                             l.accepted.insert(id);
+                            l.coupon_of.insert(id, coupon);
                         });
                         self.answered(coupon, "accepted", Some(asked));
                         settled = true;
@@ -1352,6 +1431,7 @@ impl LoadClient {
                 self.record(|l| {
                     l.requests += 1;
                     l.ambiguous.insert(id);
+                    l.coupon_of.insert(id, coupon);
                 });
             }
         }
@@ -1378,6 +1458,7 @@ impl LoadClient {
             self.record(|l| {
                 l.requests += 1;
                 l.ambiguous.insert(id);
+                l.coupon_of.insert(id, coupon);
                 *l.refused.entry("hung_up".into()).or_default() += 1;
             });
             // Paced, so the closed connections do not exhaust loopback's ephemeral ports.
