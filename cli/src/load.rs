@@ -100,7 +100,7 @@ const STORED_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 const STORED_SAMPLE_MAX: usize = 1000;
 /// The figure's resolution; about ten polls per sampled request at the usual wait.
 pub const STORED_POLL: Duration = Duration::from_millis(5);
-const STORED_GIVE_UP: Duration = Duration::from_secs(60);
+const STORED_GIVE_UP: Duration = Duration::from_secs(30);
 
 /// Time from a 202 to its status reading `issued`, over the sampled requests.
 pub struct StoredTimes {
@@ -109,7 +109,8 @@ pub struct StoredTimes {
     pub sampled: u64,
     /// Read `released` or unknown instead (a 202 must not: counted so the report shows it).
     pub not_issued: u64,
-    /// Still `pending` after a minute (the consumer is down or far behind).
+    /// Still `pending` after 30 s (the consumer is down, far behind, or marks nothing:
+    /// then settlement says `issued` after its grace).
     pub not_seen: u64,
 }
 

@@ -76,6 +76,21 @@ fn assert_drawn(seen: &Rendered, charts: usize, verdict: &str) {
     );
 }
 
+/// The sampled 202s were each polled through their Location until `issued`.
+fn assert_followed_to_the_ledger(r: &serde_json::Value) {
+    let s = &r["toStoredMs"];
+    assert!(s["samples"].as_u64().is_some_and(|n| n > 0), "{s}");
+    assert_eq!(
+        (s["notIssued"].as_u64(), s["notSeen"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert!(
+        s["p50"].as_f64().is_some_and(|p| p > 0.0) && s["p99"].as_f64() >= s["p50"].as_f64(),
+        "{s}"
+    );
+}
+
 fn report(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
 }
@@ -87,6 +102,7 @@ async fn embedded_demo_runs_the_seed_scenario_and_proves_the_books() {
     assert!(out.status.success(), "{}", text(&out));
     let r = report(&out);
     assert_eq!(r["passed"], true, "{}", text(&out));
+    assert_followed_to_the_ledger(&r);
     let requests = r["requests"].as_u64().expect("requests");
     assert!(
         requests > 100,
@@ -301,6 +317,7 @@ async fn load_against_real_services_reports_what_the_ledger_holds() {
         .sum();
     assert_eq!(r["requests"].as_u64(), Some(requests));
     assert_eq!(r["passed"], true, "{}", text(&out));
+    assert_followed_to_the_ledger(&r);
     let md = std::fs::read_to_string(&markdown).expect("markdown report");
     assert!(
         md.contains("## 6 Integrity (I1-I6)") && md.contains("| I5 |"),
