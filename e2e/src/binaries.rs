@@ -164,7 +164,7 @@ fn write_manifest(path: &Path, name: &str, partitions: i32) {
     .expect("manifest");
 }
 
-async fn wait_ready(api: &mut Kill, addr: &str) {
+pub async fn wait_ready(api: &mut Kill, addr: &str) {
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

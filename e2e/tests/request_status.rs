@@ -204,3 +204,71 @@ async fn only_ones_own_list_and_requests_with_header_or_jwt_identity() {
     assert_green(&stack.verify(Some(&log)).await);
     stack.shutdown().await;
 }
+
+/// A request whose `coupon-api` process was SIGKILLed while its publish waited for a broker that
+/// was down: `pending` (the reservation is unsettled, no process is left to answer), then
+/// `released` once settlement gives the stock back, because its event never reached the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_api_process_leaves_its_request_pending_until_settled() {
+    use coupon_e2e::binaries::{Kill, bin, wait_ready};
+    let (mock, stack) = coupon_e2e::on_mock(
+        &coupon_e2e::postgres_url(),
+        campaign(&unique("status-kill"), &[("1", 3)], 1),
+        Duration::from_secs(5),
+    )
+    .await;
+    let name = stack.campaign.name.clone();
+    let addr = format!("127.0.0.1:{}", coupon_e2e::tls::free_port());
+    let mut api = Kill(
+        bin("coupon-api")
+            .env("REDIS_URL", coupon_e2e::redis_url())
+            .env("KAFKA_BROKERS", &stack.brokers)
+            .env("CAMPAIGN", &name)
+            .env("LISTEN", &addr)
+            .env("PUBLISH_TIMEOUT_MS", "30000")
+            .spawn()
+            .expect("coupon-api"),
+    );
+    wait_ready(&mut api, &addr).await;
+    mock.broker_down(1).expect("down");
+    let key = "killed-before-the-broker-answered";
+    let post = {
+        let url = format!("http://{addr}/api/coupons/1/issue");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(r#"{"userId":44}"#)
+                .send()
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stack.remaining(1).await == 3 {
+        assert!(tokio::time::Instant::now() < deadline, "never reserved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.0.kill().expect("kill -9");
+    let _ = api.0.wait();
+    assert!(
+        post.await.expect("join").is_err(),
+        "the client lost its answer"
+    );
+    let id = coupon_api::request::keyed_request_id(&name, 1, 44, key);
+    // Another API replica (this test's router on the same gate) answers for it.
+    assert_eq!(stack.request_status(1, id).await, "pending");
+    let (_, list, _) = stack.get_with("/api/users/44/coupons", &[]).await;
+    assert_eq!(list["coupons"][0]["status"], "pending", "{list}");
+    mock.broker_up(1).expect("up");
+    let report = stack.settle(Duration::ZERO).await;
+    assert_eq!((report.kept, report.released), (0, 1), "{report:?}");
+    assert_eq!(stack.request_status(1, id).await, "released");
+    let (_, list, _) = stack.get_with("/api/users/44/coupons", &[]).await;
+    assert_eq!(list["coupons"], serde_json::json!([]), "{list}");
+    assert_eq!(stack.remaining(1).await, 3, "stock back");
+    let mut log = AcceptedLog::default();
+    log.ambiguous.insert(id);
+    assert_green(&stack.verify(Some(&log)).await);
+    stack.shutdown().await;
+}
