@@ -1,11 +1,10 @@
 //! The API's OpenAPI 3 contract, generated from the handlers and types (`utoipa`), served at
 //! `/openapi.json` and checked into `api/openapi.json` (a test fails when they drift).
 
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::Refusal;
 
 /// The issue request's body (as `--identity body`, the default, requires it). With
 /// `--identity header:NAME` or `jwt` the body may be empty or omit `userId`; a `userId` that
@@ -19,27 +18,6 @@ pub struct IssueBody {
     #[schema(minimum = 1, maximum = 9_223_372_036_854_775_807_i64, format = Int64)]
     #[serde(rename = "userId")]
     pub user_id: u64,
-}
-
-/// Every refusal: a stable `code`, a human message and, after a reservation (`503
-/// unavailable`: its `Location` tells the outcome) or when already decided (`409
-/// already_issued`), the request id.
-#[derive(ToSchema)]
-#[allow(dead_code)] // the shape of ApiError's JSON
-pub struct Refusal {
-    #[schema(schema_with = refusal_code)]
-    pub code: String,
-    pub message: String,
-    #[serde(rename = "requestId")]
-    pub request_id: Option<uuid::Uuid>,
-}
-
-fn refusal_code() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(ApiError::CODES.to_vec()))
-        .description(Some("Stable refusal code"))
-        .into()
 }
 
 struct BearerAuth;
@@ -153,7 +131,7 @@ mod tests {
     #[test]
     fn every_refusal_code_is_in_the_contract() {
         let doc = openapi_json();
-        for code in ApiError::CODES {
+        for code in crate::error::ApiError::CODES {
             assert!(doc.contains(&format!("\"{code}\"")), "{code} missing");
         }
     }

@@ -5,6 +5,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coupon_core::campaign::CouponId;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +153,27 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Every refusal: a stable `code`, a human message and, after a reservation (`503
+/// unavailable`: its `Location` tells the outcome) or when already decided (`409
+/// already_issued`), the request id.
+#[derive(ToSchema)]
+#[allow(dead_code)] // the shape of ApiError's JSON
+pub struct Refusal {
+    #[schema(schema_with = refusal_code)]
+    pub code: String,
+    pub message: String,
+    #[serde(rename = "requestId")]
+    pub request_id: Option<uuid::Uuid>,
+}
+
+fn refusal_code() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ApiError::CODES.to_vec()))
+        .description(Some("Stable refusal code"))
+        .into()
 }
 
 /// Where the client asks what became of a request (the `Location` of its 202 or 503).

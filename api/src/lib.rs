@@ -209,15 +209,15 @@ pub fn app(state: AppState) -> Router {
     responses(
         (status = 202, description = "Issued: the event is in the broker; Location names the request's status resource", body = crate::issue::Accepted,
             headers(("Location" = String, description = "/api/coupons/{couponId}/requests/{requestId}"))),
-        (status = 400, description = "invalid_request: malformed id, body or header", body = crate::contract::Refusal),
-        (status = 401, description = "unauthenticated or identity_mismatch", body = crate::contract::Refusal),
-        (status = 403, description = "not_open or closed: outside the campaign window", body = crate::contract::Refusal),
-        (status = 404, description = "unknown_coupon", body = crate::contract::Refusal),
-        (status = 409, description = "sold_out or already_issued", body = crate::contract::Refusal),
-        (status = 413, description = "invalid_request: body over 1 KiB", body = crate::contract::Refusal),
-        (status = 415, description = "invalid_request: not JSON", body = crate::contract::Refusal),
-        (status = 429, description = "rate_limited; see Retry-After", body = crate::contract::Refusal),
-        (status = 503, description = "unavailable or overloaded; see Retry-After. With a requestId a reservation was made: its Location tells the outcome (settlement decides an unknown one)", body = crate::contract::Refusal,
+        (status = 400, description = "invalid_request: malformed id, body or header", body = crate::error::Refusal),
+        (status = 401, description = "unauthenticated or identity_mismatch", body = crate::error::Refusal),
+        (status = 403, description = "not_open or closed: outside the campaign window", body = crate::error::Refusal),
+        (status = 404, description = "unknown_coupon", body = crate::error::Refusal),
+        (status = 409, description = "sold_out or already_issued", body = crate::error::Refusal),
+        (status = 413, description = "invalid_request: body over 1 KiB", body = crate::error::Refusal),
+        (status = 415, description = "invalid_request: not JSON", body = crate::error::Refusal),
+        (status = 429, description = "rate_limited; see Retry-After", body = crate::error::Refusal),
+        (status = 503, description = "unavailable or overloaded; see Retry-After. With a requestId a reservation was made: its Location tells the outcome (settlement decides an unknown one)", body = crate::error::Refusal,
             headers(("Location" = Option<String>, description = "With a requestId: /api/coupons/{couponId}/requests/{requestId}")))
     ),
     security((), ("bearer" = []))
@@ -346,9 +346,9 @@ struct CouponView {
     params(("couponId" = i64, Path, minimum = 1, maximum = 4_294_967_295_i64, description = "Coupon id")),
     responses(
         (status = 200, body = CouponView),
-        (status = 400, description = "invalid_request", body = crate::contract::Refusal),
-        (status = 404, description = "unknown_coupon or no such route", body = crate::contract::Refusal),
-        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+        (status = 400, description = "invalid_request", body = crate::error::Refusal),
+        (status = 404, description = "unknown_coupon or no such route", body = crate::error::Refusal),
+        (status = 503, description = "unavailable", body = crate::error::Refusal)
     )
 )]
 async fn coupon(
@@ -387,7 +387,7 @@ async fn healthz() -> &'static str {
     summary = "Readiness: Redis, the broker and the campaign's catalog answer, and not draining",
     responses(
         (status = 200, body = String, content_type = "text/plain"),
-        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+        (status = 503, description = "unavailable", body = crate::error::Refusal)
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {

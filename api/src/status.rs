@@ -87,11 +87,11 @@ pub struct UserCoupons {
     ),
     responses(
         (status = 200, body = RequestView),
-        (status = 400, description = "invalid_request: malformed id", body = crate::contract::Refusal),
-        (status = 401, description = "unauthenticated", body = crate::contract::Refusal),
-        (status = 404, description = "unknown_coupon, or unknown_request (also another user's request)", body = crate::contract::Refusal),
-        (status = 429, description = "rate_limited; see Retry-After", body = crate::contract::Refusal),
-        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+        (status = 400, description = "invalid_request: malformed id", body = crate::error::Refusal),
+        (status = 401, description = "unauthenticated", body = crate::error::Refusal),
+        (status = 404, description = "unknown_coupon, or unknown_request (also another user's request)", body = crate::error::Refusal),
+        (status = 429, description = "rate_limited; see Retry-After", body = crate::error::Refusal),
+        (status = 503, description = "unavailable", body = crate::error::Refusal)
     ),
     security((), ("bearer" = []))
 )]
@@ -139,10 +139,10 @@ pub(crate) async fn request(
     ),
     responses(
         (status = 200, body = UserCoupons),
-        (status = 400, description = "invalid_request: malformed id", body = crate::contract::Refusal),
-        (status = 401, description = "unauthenticated or identity_mismatch (another user's list)", body = crate::contract::Refusal),
-        (status = 429, description = "rate_limited; see Retry-After", body = crate::contract::Refusal),
-        (status = 503, description = "unavailable", body = crate::contract::Refusal)
+        (status = 400, description = "invalid_request: malformed id", body = crate::error::Refusal),
+        (status = 401, description = "unauthenticated or identity_mismatch (another user's list)", body = crate::error::Refusal),
+        (status = 429, description = "rate_limited; see Retry-After", body = crate::error::Refusal),
+        (status = 503, description = "unavailable", body = crate::error::Refusal)
     ),
     security((), ("bearer" = []))
 )]
