@@ -113,10 +113,9 @@ pub(crate) async fn request(
     let issuer = &state.0.issuer;
     let status = issuer
         .gate
-        .request_status(&issuer.campaign, coupon, request_id)
+        .request_status(&issuer.campaign, coupon, request_id, caller)
         .await
         .map_err(|e| ApiError::unavailable(format!("gate unreachable: {e}")))?
-        .filter(|s| caller.is_none_or(|c| c == s.user))
         .ok_or_else(|| ApiError::UnknownRequest(request_id.to_string()))?;
     let pending = matches!(status.stage, RequestStage::Pending { .. });
     let mut response = Json(RequestView::new(coupon, request_id, status)).into_response();
@@ -166,10 +165,10 @@ pub(crate) async fn user_coupons(
         let Some(id) = gate.holder(campaign, coupon, user).await? else {
             return Ok(None);
         };
-        let status = gate.request_status(campaign, coupon, id).await?;
-        Ok(status
-            .filter(|s| s.user == user)
-            .map(|s| RequestView::new(coupon, id, s)))
+        let status = gate
+            .request_status(campaign, coupon, id, Some(user))
+            .await?;
+        Ok(status.map(|s| RequestView::new(coupon, id, s)))
     }))
     .await
     .map_err(unavailable)?;

@@ -235,12 +235,15 @@ pub trait StockGate: Send + Sync {
     /// Notes that the ledger holds these requests (called after the consumer's commit), so a
     /// status query says `issued` before settlement gets to them; `at_ms` is the commit's time.
     async fn mark_stored(&self, campaign: &str, marks: &[StoredMark], at_ms: i64) -> Result<()>;
-    /// Where a request stands; `None` when the gate knows no such request.
+    /// Where a request stands; `None` when the gate knows no such request (or, with `user`,
+    /// knows it as another user's). Knowing the user saves looking for its record, and reads a
+    /// reservation made before requests were recorded (an older version's).
     async fn request_status(
         &self,
         campaign: &str,
         coupon: CouponId,
         request_id: Uuid,
+        user: Option<UserId>,
     ) -> Result<Option<RequestStatus>>;
 }
 
@@ -260,8 +263,7 @@ fn stage_of(
             stored_at_ms: stored_at,
         });
     }
-    let held = holder.is_some_and(|h| h.get(..36) == Some(request_id.to_string().as_str()));
-    match (held, unsettled_at, released_at) {
+    match (holds(holder, request_id), unsettled_at, released_at) {
         // Also a released request reserved again under its id (a retry with the same key).
         (true, Some(at), _) => Some(RequestStage::Pending {
             reserved_at_ms: Some(at),
@@ -271,6 +273,11 @@ fn stage_of(
         (false, _, Some(at_ms)) => Some(RequestStage::Released { at_ms }),
         (false, _, None) => None,
     }
+}
+
+/// Whether a holder value (`id`, `id?nonce`, `id>shard`) names this request.
+fn holds(holder: Option<&str>, request_id: Uuid) -> bool {
+    holder.is_some_and(|h| h.get(..36) == Some(request_id.to_string().as_str()))
 }
 
 /// Shard 0's hash of a coupon (the only one of an unsharded coupon).
@@ -642,16 +649,24 @@ impl StockGate for MemoryGate {
         campaign: &str,
         coupon: CouponId,
         request_id: Uuid,
+        user: Option<UserId>,
     ) -> Result<Option<RequestStatus>> {
         self.with(|s| {
             let c = s.coupons.get(&(campaign.to_string(), coupon))?;
-            let (user, released_at) = *c.requests.get(&request_id)?;
+            let record = c.requests.get(&request_id).copied();
+            let (user, released_at) = match (user, record) {
+                (Some(u), Some((recorded, _))) if recorded != u => return None,
+                (Some(u), record) => (u, record.and_then(|r| r.1)),
+                (None, record) => record?,
+            };
             let holder = c.holders.get(&user).map(Uuid::to_string);
+            // Unrecorded (an older version's reservation): only the holder vouches for the user.
+            let vouched = record.is_some() || holds(holder.as_deref(), request_id);
             let stage = stage_of(
                 request_id,
                 holder.as_deref(),
                 c.unsettled.get(&(user, request_id)).copied(),
-                c.stored.get(&request_id).copied(),
+                c.stored.get(&request_id).copied().filter(|_| vouched),
                 released_at,
             )?;
             Some(RequestStatus { user, stage })

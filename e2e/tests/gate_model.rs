@@ -181,9 +181,20 @@ async fn run(ops: &[Op], redis: &RedisGate) -> Result<(), TestCaseError> {
         | Op::SettleReleased { coupon, .. }
         | Op::MarkStored { coupon, .. }) = *op;
         for id in &ids {
-            let a = status(redis, &campaign, coupon, *id).await;
-            let b = status(&memory, &campaign, coupon, *id).await;
-            prop_assert_eq!(a, b, "step {}: {:?}: status of {}", step, op, id);
+            // By id alone, and as one of the users (in turn, to keep the case short).
+            for user in [None, Some(step as u64 % 5 + 1)] {
+                let a = status(redis, &campaign, coupon, *id, user).await;
+                let b = status(&memory, &campaign, coupon, *id, user).await;
+                prop_assert_eq!(
+                    a,
+                    b,
+                    "step {}: {:?}: status of {} as {:?}",
+                    step,
+                    op,
+                    id,
+                    user
+                );
+            }
         }
     }
     for coupon in 1..=4u32 {
@@ -229,9 +240,10 @@ async fn status(
     campaign: &str,
     coupon: u32,
     id: Uuid,
+    user: Option<u64>,
 ) -> Option<(u64, &'static str, bool)> {
     let s = gate
-        .request_status(campaign, coupon, id)
+        .request_status(campaign, coupon, id, user)
         .await
         .expect("status")?;
     let RequestStatus { user, stage } = s;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::shards::{MAX_SHARDS, ShardKeys, home_shard, rebuilt_stock, share, siblings};
 use super::{
     Decision, Ensured, GateCoupon, GateSnapshot, Released, RequestStatus, Reservation, StockGate,
-    StoredMark, Unsettled, catalog_key, lost_key, parse_uuid, stage_of, unsettled_member,
+    StoredMark, Unsettled, catalog_key, holds, lost_key, parse_uuid, stage_of, unsettled_member,
 };
 use crate::backends::{RedisConnection, RedisLink};
 use crate::campaign::{CouponId, UserId};
@@ -919,13 +919,13 @@ impl StockGate for RedisGate {
                 .or_default()
                 .push((m.request_id.to_string(), at_ms));
         }
-        let mut pipe = redis::pipe();
-        for (coupon, items) in &by_coupon {
-            pipe.hset_multiple(ShardKeys::new(campaign, *coupon, 0).stored, items)
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
+        // One command per coupon, side by side: a cluster pipeline may not span slots.
+        let writes = by_coupon.iter().map(|(coupon, items)| {
+            let mut conn = self.conn.clone();
+            let key = ShardKeys::new(campaign, *coupon, 0).stored;
+            async move { conn.hset_multiple::<_, _, _, ()>(key, items).await }
+        });
+        futures::future::try_join_all(writes).await?;
         Ok(())
     }
 
@@ -934,54 +934,66 @@ impl StockGate for RedisGate {
         campaign: &str,
         coupon: CouponId,
         request_id: Uuid,
+        user: Option<UserId>,
     ) -> Result<Option<RequestStatus>> {
         let k = self.shards(campaign, coupon).await?;
         let id = request_id.to_string();
         let mut conn = self.conn.clone();
-        let zero = ShardKeys::new(campaign, coupon, 0);
-        let (mut found, stored_at): (Option<String>, Option<i64>) = redis::pipe()
-            .hget(&zero.requests, &id)
-            .hget(&zero.stored, &id)
-            .query_async(&mut conn)
+        let stored_at: Option<i64> = conn
+            .hget(ShardKeys::new(campaign, coupon, 0).stored, &id)
             .await?;
-        let mut home = 0;
-        // A sharded coupon records the request at the user's home, which the id does not name.
-        for shard in 1..k {
-            if found.is_some() {
+        // The request is recorded at its user's home shard; without the user, look at each.
+        let homes: Vec<u16> = match user {
+            Some(u) => vec![home_shard(u, k)],
+            None => (0..k).collect(),
+        };
+        let mut found = None;
+        for home in homes {
+            let record: Option<String> = conn
+                .hget(ShardKeys::new(campaign, coupon, home).requests, &id)
+                .await?;
+            if let Some(record) = record {
+                found = Some((home, parse_record(&record)?));
                 break;
             }
-            found = conn
-                .hget(ShardKeys::new(campaign, coupon, shard).requests, &id)
-                .await?;
-            home = shard;
         }
-        let Some(recorded) = found else {
-            return Ok(None);
+        let recorded = found.is_some();
+        let (user, released_at) = match (user, found) {
+            // Another user's request.
+            (Some(u), Some((_, (recorded, _)))) if recorded != u => return Ok(None),
+            (Some(u), record) => (u, record.and_then(|(_, (_, at))| at)),
+            (None, Some((_, record))) => record,
+            (None, None) => return Ok(None),
         };
-        let (user, released_at) = match recorded.split_once('@') {
-            Some((u, at)) => (u, at.parse().ok()),
-            None => (recorded.as_str(), None),
-        };
-        let user: UserId = user.parse().map_err(|_| {
-            Error::Unexpected(format!("gate holds a bad request record {recorded:?}"))
-        })?;
-        let keys = ShardKeys::new(campaign, coupon, home);
-        let member = unsettled_member(user, request_id);
+        let keys = ShardKeys::new(campaign, coupon, home_shard(user, k));
         let (holder, at): (Option<String>, Option<f64>) = redis::pipe()
             .hget(&keys.holders, user)
-            .zscore(&keys.unsettled, &member)
+            .zscore(&keys.unsettled, unsettled_member(user, request_id))
             .query_async(&mut conn)
             .await?;
         // The home's entry stands for the whole reservation, a unit lent by a sibling included
         // (the sibling's own entry only tracks that unit).
-        let unsettled_at = at.map(|a| a as i64);
+        // Unrecorded (an older version's reservation): only the holder vouches for the user.
+        let vouched = recorded || holds(holder.as_deref(), request_id);
         Ok(stage_of(
             request_id,
             holder.as_deref(),
-            unsettled_at,
-            stored_at,
+            at.map(|a| a as i64),
+            stored_at.filter(|_| vouched),
             released_at,
         )
         .map(|stage| RequestStatus { user, stage }))
     }
+}
+
+/// A `requests` entry: the user, and when the request was released (`user@ms`).
+fn parse_record(record: &str) -> Result<(UserId, Option<i64>)> {
+    let (user, at) = match record.split_once('@') {
+        Some((u, at)) => (u, at.parse().ok()),
+        None => (record, None),
+    };
+    let user = user
+        .parse()
+        .map_err(|_| Error::Unexpected(format!("gate holds a bad request record {record:?}")))?;
+    Ok((user, at))
 }
