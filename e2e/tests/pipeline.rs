@@ -190,6 +190,19 @@ async fn burst(stack: Stack) {
         assert_eq!(stack.remaining(coupon).await, 0);
     }
     stack.drain(DRAIN).await;
+    // Every 202 reads `issued` as soon as it is stored, before any settlement: the consumer
+    // marked each batch, both coupons' (on a cluster, their keys on different masters).
+    let coupon_of = |a: &(StatusCode, serde_json::Value)| a.1["couponId"].as_u64();
+    for a in distinct
+        .iter()
+        .chain(&repeating)
+        .filter(|a| a.0 == StatusCode::ACCEPTED)
+    {
+        let coupon = coupon_of(a).expect("couponId") as u32;
+        stack
+            .wait_status(coupon, request_id(&a.1), "issued", Duration::from_secs(5))
+            .await;
+    }
     let report = stack.verify(Some(&log)).await;
     assert_green(&report);
     assert_eq!(report.total_issued(), 200);
