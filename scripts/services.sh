@@ -90,11 +90,45 @@ CLUSTER_MASTERS=3
 
 # A Redis Cluster of CLUSTER_MASTERS masters (and as many replicas with
 # REDIS_CLUSTER_REPLICAS=1), nothing on disk; formed once with redis-cli --cluster create.
+# A cluster node saves its config (nodes.conf, in its --dir) at every slot or role change and
+# exits when it cannot: a node whose directory was removed under it (the checkout that started it
+# deleted and cloned again at the same path) dies at the next migration. True if one runs so.
+orphaned_cluster() {
+    local n=$1 i port dir
+    for ((i = 0; i < n; i++)); do
+        port=$((CLUSTER_BASE_PORT + i))
+        port_open "$port" || continue
+        # an empty answer: the node's working directory no longer exists
+        dir=$(redis-cli -h "$HOST" -p "$port" config get dir 2>/dev/null | sed -n 2p)
+        [[ -z $dir || ! -f $dir/nodes.conf ]] && return 0
+    done
+    return 1
+}
+
+# Stops every node of the cluster (their data is the tests' only), so it is formed again.
+restart_cluster() {
+    local n=$1 i port
+    log "the Redis Cluster runs from a removed directory; starting it afresh"
+    for ((i = 0; i < n; i++)); do
+        port=$((CLUSTER_BASE_PORT + i))
+        redis-cli -h "$HOST" -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    done
+    for ((i = 0; i < n; i++)); do
+        port=$((CLUSTER_BASE_PORT + i))
+        local deadline=$((SECONDS + TIMEOUT))
+        while port_open "$port"; do
+            ((SECONDS < deadline)) || die "redis cluster node $port did not stop"
+            sleep 0.2
+        done
+    done
+}
+
 start_redis_cluster() {
     local replicas=${REDIS_CLUSTER_REPLICAS:-0} n port nodes=()
     need redis-server redis-server
     need redis-cli redis-tools
     n=$((CLUSTER_MASTERS * (1 + replicas)))
+    orphaned_cluster "$n" && restart_cluster "$n"
     for ((i = 0; i < n; i++)); do
         port=$((CLUSTER_BASE_PORT + i))
         nodes+=("$HOST:$port")
