@@ -136,35 +136,28 @@ impl AppState {
 
     /// The campaign's coupon ids, as the catalog lists them.
     fn coupons(&self) -> Result<Vec<CouponId>, ApiError> {
-        let guard = self
-            .0
-            .catalog
-            .read()
-            .map_err(|_| ApiError::unavailable("catalog lock poisoned"))?;
-        let mut ids: Vec<CouponId> = guard
-            .as_ref()
-            .ok_or_else(|| {
-                ApiError::unavailable("the campaign's catalog is not in the gate; it is provisioning or being rebuilt")
-            })?
-            .keys()
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        Ok(ids)
+        self.with_catalog(|map| {
+            let mut ids: Vec<CouponId> = map.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        })
     }
 
     fn known(&self, coupon: CouponId) -> Result<Option<i64>, ApiError> {
+        self.with_catalog(|map| map.get(&coupon).copied())
+    }
+
+    fn with_catalog<T>(&self, f: impl FnOnce(&HashMap<CouponId, i64>) -> T) -> Result<T, ApiError> {
         let guard = self
             .0
             .catalog
             .read()
             .map_err(|_| ApiError::unavailable("catalog lock poisoned"))?;
-        match guard.as_ref() {
-            None => Err(ApiError::unavailable(
+        guard.as_ref().map(f).ok_or_else(|| {
+            ApiError::unavailable(
                 "the campaign's catalog is not in the gate; it is provisioning or being rebuilt",
-            )),
-            Some(map) => Ok(map.get(&coupon).copied()),
-        }
+            )
+        })
     }
 }
 
