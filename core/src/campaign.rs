@@ -13,10 +13,7 @@ pub const API_GROUP: &str = "coupons.fcfs.dev";
 pub const API_VERSION: &str = "coupons.fcfs.dev/v1alpha1";
 pub const KIND: &str = "CouponCampaign";
 
-/// A coupon id as the API and the ledger know it.
-pub type CouponId = u32;
-/// A user id as clients send it (positive).
-pub type UserId = u64;
+pub use crate::ids::{CouponId, UserId};
 
 /// The `spec` of a `CouponCampaign`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,6 +1,6 @@
 //! The one error type of `coupon-core`, with a stable label per variant for metrics and logs.
 
-use crate::campaign::CouponId;
+use crate::ids::CouponId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod gate;
+pub mod ids;
 pub mod ledger;
 pub mod provision;
 pub mod settlement;

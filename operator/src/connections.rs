@@ -6,13 +6,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use coupon_core::backends::{KafkaConnection, RedisConnection, parse_properties};
+use coupon_core::gate::RedisGate;
+use coupon_core::ledger::Ledger;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
-use crate::controller::Error;
 use crate::crd::{CouponCampaign, SecretKey, TLS_MOUNT};
+use crate::error::Error;
 
 /// Everything needed to connect, read from the campaign's Secrets. Holds credentials: its
 /// `Debug` redacts them.
@@ -166,4 +170,12 @@ mod tests {
         assert!(write_files(&dir, &evil).is_err());
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+}
+
+/// Connected backends, reused across reconciles of campaigns that share them.
+#[derive(Clone)]
+pub struct Connected {
+    pub kafka: KafkaConnection,
+    pub gate: Arc<RedisGate>,
+    pub ledger: Ledger,
 }

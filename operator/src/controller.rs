@@ -3,68 +3,39 @@
 //! from `coupon-core`; children and status are written by server-side apply, and only when they
 //! changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use coupon_core::backends::KafkaConnection;
-use coupon_core::broker::{KafkaAdmin, LagProbe, PartitionLag};
+use chrono::Utc;
+use coupon_core::broker::{KafkaAdmin, PartitionLag};
 use coupon_core::campaign::{Campaign, consumer_group};
-use coupon_core::gate::{RedisGate, StockGate};
-use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::books::CampaignBooks;
 use crate::children::{self, Component};
-pub use crate::connections::BackendUrls;
+use crate::connections::{BackendUrls, Connected};
+use crate::context::Context;
+use crate::context::MANAGER;
 use crate::crd::{
     ConsumerStatus, CouponCampaign, CouponCampaignStatus, DeletionPolicy, PartitionLagStatus, Phase,
 };
-use crate::scaling::{self, Decision, Policy};
+use crate::error::Error;
+use crate::scaling::{self, Policy, Scale};
 use crate::status::{condition, keep_transition_times};
 
-/// One autoscaler recommendation and when it was made.
-type Recommendation = (DateTime<Utc>, i32);
-
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
-pub const MANAGER: &str = "coupon-operator";
 const HASH_ANNOTATION: &str = "coupons.fcfs.dev/applied-hash";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("kubernetes: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Core(#[from] coupon_core::Error),
-    #[error("secret {0}: {1}")]
-    Secret(String, String),
-    #[error("cannot serialize {0}: {1}")]
-    Serialize(String, String),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Kube(_) => "kube",
-            Self::Core(e) => e.label(),
-            Self::Secret(..) => "secret",
-            Self::Serialize(..) => "serialize",
-            Self::Finalizer(_) => "finalizer",
-        }
-    }
-}
 
 /// What one reconcile pass says about itself: its events and conditions, written at the end.
 struct Pass {
@@ -92,15 +63,6 @@ impl Pass {
     }
 }
 
-/// The scaling phase's outcome.
-pub(crate) struct Scale {
-    pub current: i32,
-    /// What the consumer Deployment gets (`current` while paused).
-    pub desired: i32,
-    pub max: i32,
-    pub decision: Decision,
-}
-
 /// The settlement registry's key of a campaign.
 fn settlement_key(cc: &CouponCampaign) -> String {
     format!(
@@ -108,106 +70,6 @@ fn settlement_key(cc: &CouponCampaign) -> String {
         cc.namespace().unwrap_or_else(|| "default".into()),
         cc.name_any()
     )
-}
-
-/// What [`CouponCampaign::read_books`] found.
-pub(crate) struct Books {
-    pub books: Vec<coupon_core::ledger::CouponBook>,
-    /// The gate's remaining stock per coupon, in `books` order (`None`: the key is gone).
-    pub gate: Vec<Option<i64>>,
-    pub lost: bool,
-}
-
-/// Connected backends, reused across reconciles of campaigns that share them.
-#[derive(Clone)]
-pub struct Connected {
-    pub kafka: KafkaConnection,
-    pub gate: Arc<RedisGate>,
-    pub ledger: Ledger,
-}
-
-pub struct Context {
-    pub client: Client,
-    pub reporter: Reporter,
-    backends: tokio::sync::Mutex<HashMap<BackendUrls, Connected>>,
-    /// Autoscaler recommendations per campaign, for the scale-down window.
-    history: Mutex<HashMap<String, Vec<Recommendation>>>,
-    /// One lag-reading Kafka client per (connection, group), kept across reconciles; a changed
-    /// property (a rotated password) makes a new one.
-    probes: Mutex<HashMap<(KafkaConnection, String), LagProbe>>,
-    /// How often a live campaign is looked at again (lag and scaling).
-    pub period: Duration,
-    pub metrics: crate::metrics::Metrics,
-    /// Image of workloads whose campaign names none, and their pull policy.
-    pub workload_image: children::WorkloadImage,
-    /// Reservations are settled, and a lost gate rebuilt, only this long after the fact (more
-    /// than the API's delivery deadline).
-    pub settle_after: Duration,
-    /// How often the settlement timer runs.
-    pub settle_every: Duration,
-    /// Campaigns the settlement timer settles.
-    pub settlements: crate::settlement::Registry,
-}
-
-impl Context {
-    pub fn new(client: Client) -> Self {
-        Self {
-            client,
-            reporter: Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-            backends: tokio::sync::Mutex::new(HashMap::new()),
-            history: Mutex::new(HashMap::new()),
-            probes: Mutex::new(HashMap::new()),
-            period: Duration::from_secs(5),
-            metrics: crate::metrics::Metrics::default(),
-            workload_image: children::DEFAULT_WORKLOAD_IMAGE.into(),
-            settle_after: coupon_core::provision::DELIVERY_GRACE,
-            settle_every: Duration::from_secs(10),
-            settlements: crate::settlement::Registry::default(),
-        }
-    }
-
-    /// Settlement and gate rebuilds wait this long after the fact (tests shorten it).
-    pub fn with_settle_after(mut self, after: Duration) -> Self {
-        self.settle_after = after;
-        self
-    }
-
-    pub fn with_workload_image(mut self, image: children::WorkloadImage) -> Self {
-        self.workload_image = image;
-        self
-    }
-
-    pub(crate) async fn connect(&self, urls: BackendUrls) -> Result<Connected, Error> {
-        let mut cache = self.backends.lock().await;
-        if let Some(c) = cache.get(&urls) {
-            return Ok(c.clone());
-        }
-        let connected = Connected {
-            gate: Arc::new(RedisGate::connect(urls.redis()?).await?),
-            ledger: Ledger::connect(&urls.database, 4).await?,
-            kafka: urls.kafka.clone(),
-        };
-        cache.insert(urls, connected.clone());
-        Ok(connected)
-    }
-
-    pub(crate) fn lag_probe(
-        &self,
-        kafka: &KafkaConnection,
-        group: &str,
-    ) -> Result<LagProbe, Error> {
-        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (kafka.clone(), group.to_string());
-        if let Some(p) = probes.get(&key) {
-            return Ok(p.clone());
-        }
-        let probe = LagProbe::new(kafka, group)?;
-        probes.insert(key, probe.clone());
-        Ok(probe)
-    }
 }
 
 /// The controller's entry point for one object.
@@ -239,25 +101,6 @@ pub fn error_policy(_: Arc<CouponCampaign>, error: &Error, _: Arc<Context>) -> A
 }
 
 impl CouponCampaign {
-    /// The ledger's books and the gate's stock left over them, in one pass; `lost` when Redis
-    /// no longer has the catalog or some coupon (restarted without persistence, keys gone).
-    async fn read_books(&self, be: &Connected) -> Result<Books, Error> {
-        let name = self.name_any();
-        let books = be.ledger.books(&name).await?;
-        let mut lost = be.gate.catalog(&name).await?.is_none();
-        let mut gate = Vec::with_capacity(books.len());
-        for b in &books {
-            let left = be
-                .gate
-                .snapshot(&name, b.coupon_id)
-                .await?
-                .map(|s| s.remaining);
-            lost |= left.is_none();
-            gate.push(left);
-        }
-        Ok(Books { books, gate, lost })
-    }
-
     /// One pass: provision, scale, children, settle, status; each phase its own function.
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
         let campaign = Campaign::new(self.name_any(), self.spec.campaign.clone())?;
@@ -295,8 +138,8 @@ impl CouponCampaign {
         campaign: &Campaign,
         be: &Connected,
         pass: &mut Pass,
-    ) -> Result<Books, Error> {
-        let read = self.read_books(be).await?;
+    ) -> Result<CampaignBooks, Error> {
+        let read = CampaignBooks::read(&self.name_any(), be).await?;
         let old = self.status.clone().unwrap_or_default();
         if old.observed_generation == pass.generation && !read.lost {
             pass.conditions.extend(
@@ -377,7 +220,7 @@ impl CouponCampaign {
                 pass.degraded = Some(e.to_string());
             }
         }
-        self.read_books(be).await
+        CampaignBooks::read(&self.name_any(), be).await
     }
 
     /// The autoscaler's decision on exact lag, within the scale-down window.
@@ -505,7 +348,7 @@ impl CouponCampaign {
         Ok(())
     }
 
-    fn phase(&self, campaign: &Campaign, books: &Books, pass: &Pass) -> Phase {
+    fn phase(&self, campaign: &Campaign, books: &CampaignBooks, pass: &Pass) -> Phase {
         let now = Utc::now();
         let window = campaign.window();
         let quantity: i64 = books.books.iter().map(|b| b.total_quantity).sum();
@@ -528,7 +371,7 @@ impl CouponCampaign {
         campaign: &Campaign,
         urls: BackendUrls,
         phase: Phase,
-        books: &Books,
+        books: &CampaignBooks,
         lag: i64,
         pass: &mut Pass,
     ) {
@@ -536,7 +379,7 @@ impl CouponCampaign {
         ctx.metrics.init_settlement(&campaign.name);
         ctx.settlements.register(
             key.clone(),
-            crate::settlement::Entry {
+            crate::settle_registry::Entry {
                 campaign: campaign.name.clone(),
                 topic: campaign.topic(),
                 urls,
@@ -558,7 +401,7 @@ impl CouponCampaign {
         &self,
         ctx: &Context,
         phase: Phase,
-        books: &Books,
+        books: &CampaignBooks,
         lags: &[PartitionLag],
         scale: &Scale,
         mut pass: Pass,

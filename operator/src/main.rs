@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use coupon_core::config::{LogFormat, init_logging};
-use coupon_operator::controller::{Context, error_policy, reconcile};
+use coupon_operator::context::Context;
+use coupon_operator::controller::{error_policy, reconcile};
 use coupon_operator::crd::CouponCampaign;
 use coupon_operator::lease::LeaseLock;
 use futures::StreamExt;
@@ -175,7 +176,7 @@ async fn run(
     });
     // Settlement runs on the leader only, like reconcile (a second settler would only redo work).
     let stop_settling = CancellationToken::new();
-    tokio::spawn(coupon_operator::settlement::run(
+    tokio::spawn(coupon_operator::settle_timer::run(
         ctx.clone(),
         stop_settling.clone(),
     ));

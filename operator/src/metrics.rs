@@ -26,7 +26,8 @@ pub struct Metrics {
     pub unsettled_oldest_age: GaugeVec,
 }
 
-use crate::controller::{Books, Scale};
+use crate::books::CampaignBooks;
+use crate::scaling::Scale;
 
 const CAMPAIGN: &[&str] = &["campaign"];
 const COUPON: &[&str] = &["campaign", "coupon"];
@@ -158,7 +159,7 @@ impl Metrics {
         &self,
         campaign: &str,
         lags: &[PartitionLag],
-        books: &Books,
+        books: &CampaignBooks,
         scale: &Scale,
     ) {
         for l in lags {

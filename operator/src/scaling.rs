@@ -98,6 +98,15 @@ pub fn decide(policy: &Policy, obs: &Observation<'_>) -> Decision {
     }
 }
 
+/// The scaling phase's outcome.
+pub struct Scale {
+    pub current: i32,
+    /// What the consumer Deployment gets (`current` while paused).
+    pub desired: i32,
+    pub max: i32,
+    pub decision: Decision,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@ use common::{NS, cc_path, cluster, provisioned, run};
 use coupon_core::broker::{PublishTimeouts, Publisher, partition_count};
 use coupon_core::campaign::topic_name;
 use coupon_core::event::IssuanceEvent;
-use coupon_operator::controller::{Context, FINALIZER};
+use coupon_operator::context::Context;
+use coupon_operator::controller::FINALIZER;
 use serde_json::{Value, json};
 
 fn spec(partitions: i32, extra: Value) -> Value {
@@ -426,7 +427,7 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
     api.take_writes();
 
     tokio::time::sleep(common::SETTLE_AFTER).await;
-    let rounds = coupon_operator::settlement::settle_all(&ctx).await;
+    let rounds = coupon_operator::settle_timer::settle_all(&ctx).await;
     let round = rounds[&format!("{NS}/{name}")].as_ref().expect("settled");
     assert_eq!(
         (round.unsettled, round.kept, round.released),
@@ -470,7 +471,7 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
             .contains("1 of 30 issued; last settlement: 2 unsettled"),
         "{c}"
     );
-    let again = coupon_operator::settlement::settle_all(&ctx).await;
+    let again = coupon_operator::settle_timer::settle_all(&ctx).await;
     let again = again[&format!("{NS}/{name}")].as_ref().expect("settled");
     assert_eq!((again.unsettled, again.released), (0, 0), "settled once");
 }

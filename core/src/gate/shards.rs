@@ -4,7 +4,7 @@
 //! so a Redis Cluster spreads them over its masters. Shard 0 uses the keys an unsharded coupon
 //! always had, so `shards: 1` is exactly the old layout.
 
-use crate::campaign::{CouponId, UserId};
+use crate::ids::{CouponId, UserId};
 
 /// Most shards one coupon may have (each is one Redis slot).
 pub const MAX_SHARDS: u16 = 64;

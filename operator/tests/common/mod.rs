@@ -7,7 +7,8 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use coupon_operator::controller::{Context, reconcile};
+use coupon_operator::context::Context;
+use coupon_operator::controller::reconcile;
 use coupon_operator::crd::CouponCampaign;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

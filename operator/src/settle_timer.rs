@@ -1,67 +1,25 @@
 //! The settlement timer: every reservation of every reconciled campaign ends issued or released
 //! without a human running `couponctl reconcile`, with the same code (`coupon_core::settlement`).
 //!
-//! Reconcile registers each campaign it sees (with its backends and phase); the timer, started
-//! only once this replica leads, settles the registered campaigns in turn. A round that releases
-//! something counts it, records an Event on the campaign and logs each reservation; the next
-//! reconcile turns the round's numbers into the `BooksBalanced` condition.
+//! Reconcile registers each campaign it sees (with its backends and phase) in the
+//! [`Registry`](crate::settle_registry::Registry); the timer, started only once this replica
+//! leads, settles the registered campaigns in turn. A round that releases something counts it,
+//! records an Event on the campaign and logs each reservation; the next reconcile turns the
+//! round's numbers into the `BooksBalanced` condition.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::campaign::consumer_group;
 use coupon_core::settlement::{Books, SettleOptions, SettleReport, settle};
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio_util::sync::CancellationToken;
 
-use crate::controller::{BackendUrls, Context, Error};
+use crate::context::Context;
 use crate::crd::Phase;
-
-/// A campaign the timer settles, as its last reconcile saw it.
-#[derive(Clone)]
-pub struct Entry {
-    pub campaign: String,
-    pub topic: String,
-    pub urls: BackendUrls,
-    pub phase: Phase,
-    pub reference: ObjectReference,
-}
-
-/// Campaigns to settle, by `namespace/name`, and the last round's report of each.
-#[derive(Default)]
-pub struct Registry {
-    entries: Mutex<BTreeMap<String, Entry>>,
-    reports: Mutex<BTreeMap<String, SettleReport>>,
-}
-
-impl Registry {
-    pub fn register(&self, key: String, entry: Entry) {
-        lock(&self.entries).insert(key, entry);
-    }
-
-    pub fn forget(&self, key: &str) {
-        lock(&self.entries).remove(key);
-        lock(&self.reports).remove(key);
-    }
-
-    /// The last settlement round of a campaign, if one ran.
-    pub fn last_report(&self, key: &str) -> Option<SettleReport> {
-        lock(&self.reports).get(key).cloned()
-    }
-
-    fn snapshot(&self) -> Vec<(String, Entry)> {
-        lock(&self.entries)
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::error::Error;
+use crate::settle_registry::Entry;
 
 /// Settles every registered campaign every `ctx.settle_every` until `stop`.
 pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
@@ -85,7 +43,7 @@ pub async fn settle_all(ctx: &Context) -> BTreeMap<String, Result<SettleReport, 
         let result = settle_one(ctx, &entry).await;
         match &result {
             Ok(report) => {
-                lock(&ctx.settlements.reports).insert(key.clone(), report.clone());
+                ctx.settlements.record(&key, report.clone());
             }
             Err(e) => {
                 tracing::warn!(campaign = %key, error = %e, label = e.label(), "settlement failed");
