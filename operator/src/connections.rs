@@ -139,7 +139,7 @@ fn local_tls_dir(namespace: &str, secret: &str) -> PathBuf {
 
 /// Writes each key as a file readable by this user only, rewriting only what changed.
 fn write_files(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for (key, bytes) in data {
         if key.contains('/') || key.starts_with('.') {
@@ -149,9 +149,18 @@ fn write_files(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), Strin
         if std::fs::read(&path).is_ok_and(|old| &old == bytes) {
             continue;
         }
-        std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Created 0600 under a temporary name, then renamed over the old one: never readable
+        // by others, never seen half-written.
+        let fresh = dir.join(format!(".{key}.{}", std::process::id()));
+        let _ = std::fs::remove_file(&fresh);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&fresh)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+            .and_then(|()| std::fs::rename(&fresh, &path));
+        written.map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -166,6 +175,20 @@ mod tests {
         let data = BTreeMap::from([("ca.pem".to_string(), b"CA".to_vec())]);
         write_files(&dir, &data).expect("written");
         assert_eq!(std::fs::read(dir.join("ca.pem")).expect("file"), b"CA");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("ca.pem"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by this user only");
+        let renewed = BTreeMap::from([("ca.pem".to_string(), b"CA2".to_vec())]);
+        write_files(&dir, &renewed).expect("rewritten");
+        assert_eq!(std::fs::read(dir.join("ca.pem")).expect("file"), b"CA2");
+        assert_eq!(
+            std::fs::read_dir(&dir).expect("dir").count(),
+            1,
+            "no temporary left"
+        );
         let evil = BTreeMap::from([("../escape".to_string(), b"x".to_vec())]);
         assert!(write_files(&dir, &evil).is_err());
         std::fs::remove_dir_all(&dir).expect("cleanup");
