@@ -65,6 +65,10 @@ pub enum Error {
     NotProvisioned(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// The ledger holds a request id that is not a UUID (written by something else than the
+    /// consumer): named, never skipped, since a skipped row would be a coupon nobody counts.
+    #[error("the ledger's row {row} holds a request id that is not a UUID: {value:?}")]
+    BadRequestId { row: String, value: String },
     #[error("{0}")]
     Unexpected(String),
 }
@@ -88,6 +92,7 @@ impl Error {
             Self::BrokerUnsupported(_) => "broker_unsupported",
             Self::NotProvisioned(_) => "not_provisioned",
             Self::Config(_) => "config",
+            Self::BadRequestId { .. } => "bad_request_id",
             Self::Unexpected(_) => "unexpected",
         }
     }

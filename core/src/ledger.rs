@@ -392,7 +392,9 @@ impl Ledger {
                 if same_request > 0 {
                     out.redelivered += 1;
                 } else if let Some((holder,)) = holder {
-                    let holder = Uuid::parse_str(&holder).unwrap_or(Uuid::nil());
+                    let holder = request_id_of(&holder, || {
+                        format!("of user {} for coupon {coupon}", e.user_id)
+                    })?;
                     out.poison.push((i, PoisonReason::DuplicateUser(holder)));
                 } else {
                     let mut q = QueryBuilder::new("SELECT COUNT(*) FROM coupon_stocks WHERE campaign = ");
@@ -476,11 +478,7 @@ impl Ledger {
             q.build_query_as().fetch_all(pool).await?
         });
         rows.into_iter()
-            .map(|(s,)| {
-                Uuid::parse_str(&s).map_err(|e| {
-                    Error::Unexpected(format!("ledger holds a bad request id {s:?}: {e}"))
-                })
-            })
+            .map(|(s,)| request_id_of(&s, || format!("of campaign {campaign}")))
             .collect()
     }
 
@@ -500,9 +498,7 @@ impl Ledger {
                     .collect::<Result<Vec<String>, sqlx::Error>>()?
             });
             for s in rows {
-                if let Ok(id) = Uuid::parse_str(&s) {
-                    found.insert(id);
-                }
+                found.insert(request_id_of(&s, || "looked up by request id".into())?);
             }
         }
         Ok(found)
@@ -515,11 +511,22 @@ impl Ledger {
             q.push_bind(campaign).push(" AND coupon_id = ").push_bind(i64::from(coupon));
             q.build_query_as().fetch_all(pool).await?
         });
-        Ok(rows
-            .into_iter()
-            .filter_map(|(u, r)| Some((u as UserId, Uuid::parse_str(&r).ok()?)))
-            .collect())
+        rows.into_iter()
+            .map(|(u, r)| {
+                let id = request_id_of(&r, || format!("of user {u} for coupon {coupon}"))?;
+                Ok((u as UserId, id))
+            })
+            .collect()
     }
+}
+
+/// A stored request id; one rule for every reader: a value that is not a UUID is an error
+/// naming its row.
+fn request_id_of(value: &str, row: impl FnOnce() -> String) -> Result<Uuid> {
+    Uuid::parse_str(value).map_err(|_| Error::BadRequestId {
+        row: row(),
+        value: value.to_string(),
+    })
 }
 
 /// True for unique, foreign-key and CHECK violations on every backend.
@@ -535,4 +542,50 @@ pub fn is_constraint_violation(e: &sqlx::Error) -> bool {
         return matches!(my.number(), 3819 | 4025 | 1451 | 1452 | 1062);
     }
     db.code().is_some_and(|c| c.starts_with("23"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reader of request ids refuses a row whose id is not a UUID, naming it: none
+    /// skips it (a skipped row is a coupon nobody counts) or reads it as the nil id.
+    #[tokio::test]
+    async fn a_bad_request_id_is_an_error_that_names_its_row() {
+        let dir = std::env::temp_dir().join(format!("ledger-bad-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let url = format!("sqlite:{}", dir.join("ledger.db").display());
+        let ledger = Ledger::connect(&url, 1).await.expect("ledger");
+        let Ledger::Sqlite(pool) = &ledger else {
+            unreachable!("a sqlite url")
+        };
+        for sql in [
+            "INSERT INTO coupons (campaign, coupon_id, name, discount, total_quantity) VALUES ('c', 1, 'one', 1, 5)",
+            "INSERT INTO coupon_stocks (campaign, coupon_id, remaining_quantity) VALUES ('c', 1, 4)",
+            "INSERT INTO user_coupons (campaign, coupon_id, user_id, request_id, issued_at) VALUES ('c', 1, 7, 'not-a-uuid', '2026-01-01T00:00:00Z')",
+        ] {
+            sqlx::query(sql).execute(pool).await.expect(sql);
+        }
+        fn bad<T>(r: Result<T>) -> String {
+            match r {
+                Err(Error::BadRequestId { row, value }) => format!("{row} {value}"),
+                other => panic!("not refused: {:?}", other.map(|_| ())),
+            }
+        }
+        assert_eq!(
+            bad(ledger.holders("c", 1).await),
+            "of user 7 for coupon 1 not-a-uuid"
+        );
+        assert_eq!(
+            bad(ledger.request_ids("c").await),
+            "of campaign c not-a-uuid"
+        );
+        let event = IssuanceEvent::new(Uuid::now_v7(), "c", 1, 7, chrono::Utc::now());
+        assert_eq!(
+            bad(ledger.record_batch("c", &[event]).await),
+            "of user 7 for coupon 1 not-a-uuid"
+        );
+        ledger.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
