@@ -20,7 +20,7 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::LoadOptions;
-use crate::report::{Books, Report, load_and_report};
+use crate::report::{Report, SystemUnderTest, load_and_report};
 
 pub const SEED_CAMPAIGN: &str = include_str!("../../examples/seed-campaign.yaml");
 
@@ -123,7 +123,7 @@ pub async fn run(
     .marking_stored(gate.clone());
     let consumer = tokio::spawn(worker.run());
 
-    let books = Books {
+    let books = SystemUnderTest {
         campaign: &campaign.name,
         topic: &topic,
         kafka: &kafka,

@@ -22,7 +22,7 @@ use coupon_core::config::{BackendArgs, LogFormat, init_logging};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Backends, provision};
-use coupon_core::settlement::{Books as SettledBooks, SettleOptions, settle};
+use coupon_core::settlement::{SettleOptions, SettleScope, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, verify};
 
 #[derive(Parser)]
@@ -489,7 +489,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
                 return Err(coupon_core::Error::NotProvisioned(campaign));
             }
             let topic = topic_name(&campaign);
-            let books = report::Books {
+            let books = report::SystemUnderTest {
                 campaign: &campaign,
                 topic: &topic,
                 kafka: &kafka,
@@ -525,7 +525,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             let ledger = Ledger::connect(b.database_url()?, 2).await?;
             let lag = LagProbe::new(&kafka, &consumer_group(&campaign))?;
             let report = settle(
-                &SettledBooks {
+                &SettleScope {
                     campaign: &campaign,
                     topic: &topic_name(&campaign),
                     gate: gate.as_ref(),

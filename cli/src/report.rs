@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::load::{self, LoadOptions, LoadOutcome, Scenario};
 
 /// Where the system under test keeps its state.
-pub struct Books<'a> {
+pub struct SystemUnderTest<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
     pub kafka: &'a coupon_core::backends::KafkaConnection,
@@ -109,7 +109,7 @@ pub struct Report {
 
 /// Runs the load, samples the lag while it runs and until it drains, then verifies.
 pub async fn load_and_report(
-    books: &Books<'_>,
+    books: &SystemUnderTest<'_>,
     opts: LoadOptions,
     accepted_file: Option<&std::path::Path>,
 ) -> Result<Report, String> {

@@ -97,7 +97,7 @@ impl std::fmt::Display for SettleReport {
 }
 
 /// Where a campaign's reservations and books live.
-pub struct Books<'a> {
+pub struct SettleScope<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
     pub gate: &'a dyn StockGate,
@@ -107,7 +107,7 @@ pub struct Books<'a> {
 }
 
 /// One settlement round over every coupon of the campaign.
-pub async fn settle(books: &Books<'_>, opts: &SettleOptions) -> Result<SettleReport> {
+pub async fn settle(books: &SettleScope<'_>, opts: &SettleOptions) -> Result<SettleReport> {
     let mut report = SettleReport::default();
     let Some(catalog) = books.gate.catalog(books.campaign).await? else {
         report.gate_lost = true;
@@ -173,7 +173,7 @@ pub async fn settle(books: &Books<'_>, opts: &SettleOptions) -> Result<SettleRep
 }
 
 /// Reads the end offsets now, then waits until the group has committed past them.
-async fn drained_past_barrier(books: &Books<'_>, within: Duration) -> Result<bool> {
+async fn drained_past_barrier(books: &SettleScope<'_>, within: Duration) -> Result<bool> {
     let ends = end_offsets(&books.lag.lag(books.topic).await?);
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -1195,7 +1195,7 @@ async fn heal_loop(
             }
             Ok(Some(_)) => {
                 let settled = settle(
-                    &coupon_core::settlement::Books {
+                    &coupon_core::settlement::SettleScope {
                         campaign: &h.campaign.name,
                         topic: &topic,
                         gate: &gate,

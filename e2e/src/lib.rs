@@ -442,7 +442,7 @@ impl Stack {
     pub async fn settle(&self, min_age: Duration) -> SettleReport {
         let lag = LagProbe::new(&self.brokers, &consumer_group(&self.campaign.name)).expect("lag");
         settle(
-            &coupon_core::settlement::Books {
+            &coupon_core::settlement::SettleScope {
                 campaign: &self.campaign.name,
                 topic: &self.campaign.topic(),
                 gate: self.gate.as_ref(),

@@ -120,7 +120,7 @@ impl CouponCampaign {
             urls,
             phase,
             &books,
-            scale.decision.total_lag,
+            scale.plan.total_lag,
             &mut pass,
         );
         ctx.metrics.observe(&campaign.name, &lags, &books, &scale);
@@ -222,7 +222,7 @@ impl CouponCampaign {
         CampaignBooks::read(&self.name_any(), be).await
     }
 
-    /// The autoscaler's decision on exact lag, within the scale-down window.
+    /// The autoscaler's plan on exact lag, within the scale-down window.
     async fn scale(
         &self,
         ctx: &Context,
@@ -252,7 +252,7 @@ impl CouponCampaign {
             .or_default();
         let since = now - policy.scale_down_stabilization;
         h.retain(|(at, _)| *at > since);
-        let decision = scaling::decide(
+        let plan = scaling::decide(
             &policy,
             &scaling::Observation {
                 now,
@@ -262,16 +262,16 @@ impl CouponCampaign {
                 history: h,
             },
         );
-        h.push((now, decision.recommendation));
+        h.push((now, plan.recommendation));
         Ok(Scale {
             current,
             desired: if self.spec.paused {
                 current
             } else {
-                decision.desired
+                plan.desired
             },
             max: c.max_replicas,
-            decision,
+            plan,
         })
     }
 
@@ -317,7 +317,7 @@ impl CouponCampaign {
                 "Scaled",
                 format!(
                     "consumers {} -> {} (lag {}, {:?})",
-                    scale.current, scale.desired, scale.decision.total_lag, scale.decision.reason
+                    scale.current, scale.desired, scale.plan.total_lag, scale.plan.reason
                 ),
                 EventType::Normal,
             );
@@ -432,7 +432,7 @@ impl CouponCampaign {
             quantity: Some(books.books.iter().map(|b| b.total_quantity).sum()),
             issued: Some(books.books.iter().map(|b| b.issued).sum()),
             remaining: Some(books.gate.iter().flatten().sum()),
-            lag: Some(scale.decision.total_lag),
+            lag: Some(scale.plan.total_lag),
             partitions: lags
                 .iter()
                 .map(|l| PartitionLagStatus {
@@ -444,8 +444,8 @@ impl CouponCampaign {
                 .collect(),
             consumers: Some(ConsumerStatus {
                 current: scale.desired,
-                desired: scale.decision.desired,
-                summary: format!("{}/{}", scale.desired, scale.decision.desired),
+                desired: scale.plan.desired,
+                summary: format!("{}/{}", scale.desired, scale.plan.desired),
                 last_scale_time,
             }),
         };

@@ -170,7 +170,7 @@ impl Metrics {
         let one = [campaign];
         self.lag_total
             .with_label_values(&one)
-            .set(scale.decision.total_lag);
+            .set(scale.plan.total_lag);
         self.replicas_current
             .with_label_values(&one)
             .set(i64::from(scale.current));
@@ -182,7 +182,7 @@ impl Metrics {
             .set(i64::from(scale.max));
         // Redis and the ledger must agree once nothing is in flight; while events wait in the
         // topic the difference is expected, so drift is only judged on a drained topic.
-        let drained = scale.decision.total_lag == 0;
+        let drained = scale.plan.total_lag == 0;
         for (b, left) in books.books.iter().zip(&books.gate) {
             let labels = [campaign, &b.coupon_id.to_string()];
             if let Some(left) = left {

@@ -1,4 +1,4 @@
-//! The consumer autoscaler's decision, a pure function: exact lag in, replica count out.
+//! The consumer autoscaler's plan, a pure function: exact lag in, replica count out.
 //!
 //! desired = ceil(total lag / target lag per replica), bounded by min, max and the partition
 //! count. It avoids the known traps of KEDA's Kafka scaler: no tolerance band (the partition
@@ -29,7 +29,7 @@ pub struct Observation<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
+pub struct ScalePlan {
     /// Replicas the consumer Deployment should have.
     pub desired: i32,
     /// This round's recommendation, to append to the history.
@@ -49,7 +49,7 @@ pub enum Reason {
     Drained,
 }
 
-pub fn decide(policy: &Policy, obs: &Observation<'_>) -> Decision {
+pub fn decide(policy: &Policy, obs: &Observation<'_>) -> ScalePlan {
     // Exact lag; a partition without a committed offset counts what is really unread there.
     let total_lag: i64 = obs.lags.iter().map(|l| l.lag.max(0)).sum();
     let partitions = obs.lags.len() as i32;
@@ -59,14 +59,14 @@ pub fn decide(policy: &Policy, obs: &Observation<'_>) -> Decision {
     // Integer ceiling: no tolerance band, so the partition count is reachable.
     let needed = ((total_lag + target - 1) / target).min(i64::from(i32::MAX)) as i32;
     let recommendation = needed.clamp(min, ceiling);
-    let decision = |desired, reason| Decision {
+    let plan = |desired, reason| ScalePlan {
         desired,
         recommendation,
         total_lag,
         reason,
     };
     if obs.window_ended && total_lag == 0 {
-        return decision(
+        return plan(
             min,
             if obs.current_replicas == min {
                 Reason::Steady
@@ -76,10 +76,10 @@ pub fn decide(policy: &Policy, obs: &Observation<'_>) -> Decision {
         );
     }
     if recommendation > obs.current_replicas {
-        return decision(recommendation, Reason::ScaleUp);
+        return plan(recommendation, Reason::ScaleUp);
     }
     if recommendation == obs.current_replicas {
-        return decision(recommendation, Reason::Steady);
+        return plan(recommendation, Reason::Steady);
     }
     // Scale down only to the highest recommendation seen within the window (as the HPA does),
     // so a dip between two bursts does not flap the consumers.
@@ -92,9 +92,9 @@ pub fn decide(policy: &Policy, obs: &Observation<'_>) -> Decision {
         .fold(recommendation, i32::max)
         .min(obs.current_replicas);
     if held < obs.current_replicas {
-        decision(held, Reason::ScaleDown)
+        plan(held, Reason::ScaleDown)
     } else {
-        decision(obs.current_replicas, Reason::Stabilizing)
+        plan(obs.current_replicas, Reason::Stabilizing)
     }
 }
 
@@ -104,7 +104,7 @@ pub struct Scale {
     /// What the consumer Deployment gets (`current` while paused).
     pub desired: i32,
     pub max: i32,
-    pub decision: Decision,
+    pub plan: ScalePlan,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coupon_core::campaign::consumer_group;
-use coupon_core::settlement::{Books, SettleOptions, SettleReport, settle};
+use coupon_core::settlement::{SettleOptions, SettleReport, SettleScope, settle};
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio_util::sync::CancellationToken;
 
@@ -58,7 +58,7 @@ async fn settle_one(ctx: &Context, entry: &Entry) -> Result<SettleReport, Error>
     let be = ctx.connect(entry.urls.clone()).await?;
     let lag = ctx.lag_probe(&be.kafka, &consumer_group(&entry.campaign))?;
     let report = settle(
-        &Books {
+        &SettleScope {
             campaign: &entry.campaign,
             topic: &entry.topic,
             gate: be.gate.as_ref(),
