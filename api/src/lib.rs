@@ -27,7 +27,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use coupon_core::broker::{PublishTimeouts, Publisher};
 use coupon_core::campaign::{CouponId, topic_name};
-use coupon_core::config::BackendArgs;
+use coupon_core::config::ConnectionArgs;
 use coupon_core::gate::{RedisGate, StockGate};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -467,7 +467,7 @@ pub async fn serve(
 /// Everything the API binary is configured with.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    pub backends: BackendArgs,
+    pub backends: ConnectionArgs,
     pub campaign: String,
     pub topic: Option<String>,
     pub listen: SocketAddr,

@@ -9,7 +9,7 @@ use coupon_api::ApiConfig;
 use coupon_api::admission::Limits;
 use coupon_api::identity::{IdentityMode, JwtSettings};
 use coupon_core::broker::{Batching, PublishTimeouts};
-use coupon_core::config::{BackendArgs, LogFormat, init_logging, shutdown_signal};
+use coupon_core::config::{ConnectionArgs, LogFormat, init_logging, shutdown_signal};
 
 // glibc's allocator was 15 % of the request path's CPU (malloc, free, consolidation) under load.
 #[global_allocator]
@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Args {
     #[command(flatten)]
-    backends: BackendArgs,
+    backends: ConnectionArgs,
     /// Campaign served by this API.
     #[arg(long, env = "CAMPAIGN")]
     campaign: String,

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{KafkaAdmin, LagProbe, PublishTimeouts, Publisher, TopicAdmin};
 use coupon_core::campaign::{Campaign, consumer_group};
-use coupon_core::config::BackendArgs;
+use coupon_core::config::ConnectionArgs;
+use coupon_core::connections::KafkaConnection;
 use coupon_core::event::IssuanceEvent;
 use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::provision::{Backends, provision};
+use coupon_core::provision::{Stores, provision};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -162,7 +162,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(bin: &str, args: &[&str], b: &BackendArgs) -> Result<Proc, String> {
+fn spawn(bin: &str, args: &[&str], b: &ConnectionArgs) -> Result<Proc, String> {
     let mut cmd = Command::new(sibling(bin)?);
     // KAFKA_CLIENT_* properties reach the children by inheritance.
     cmd.args(args)
@@ -178,7 +178,7 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
 
-pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, String> {
+pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> Result<BenchReport, String> {
     let err = |e: coupon_core::Error| e.to_string();
     let run = coupon_report::run::RunInfo::now();
     let stamp = Utc::now().format("%m%d%H%M%S").to_string();
@@ -199,7 +199,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     let admin = KafkaAdmin::new(&kafka).map_err(err)?;
     provision(
         &campaign,
-        &Backends {
+        &Stores {
             gate: gate.as_ref(),
             ledger: &ledger,
             topics: &admin,
@@ -304,7 +304,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
     let cluster_name = format!("{name}-c");
     let clustered = match &opts.cluster_url {
         Some(url) => {
-            let on_cluster = BackendArgs {
+            let on_cluster = ConnectionArgs {
                 redis: Some(url.clone()),
                 ..b.clone()
             };
@@ -316,7 +316,7 @@ pub async fn run(b: &BackendArgs, opts: BenchOptions) -> Result<BenchReport, Str
             on_its_own.spec.topic.name = None;
             provision(
                 &on_its_own,
-                &Backends {
+                &Stores {
                     gate: &cluster_gate,
                     ledger: &ledger,
                     topics: &admin,
@@ -551,7 +551,7 @@ impl ApiPhase {
 }
 
 async fn api_phase(
-    b: &BackendArgs,
+    b: &ConnectionArgs,
     name: &str,
     opts: &BenchOptions,
     listen: &str,

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use coupon_api::AppState;
 use coupon_consumer::{ConsumerConfig, Worker};
-use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{KafkaAdmin, PreCreatedTopics, PublishTimeouts, Publisher, TopicAdmin};
 use coupon_core::campaign::{Campaign, dead_letter_topic};
-use coupon_core::config::BackendArgs;
+use coupon_core::config::ConnectionArgs;
+use coupon_core::connections::KafkaConnection;
 use coupon_core::gate::{MemoryGate, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::provision::{Backends, provision};
+use coupon_core::provision::{Stores, provision};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +32,7 @@ pub struct Running {
 }
 
 pub async fn run(
-    b: &BackendArgs,
+    b: &ConnectionArgs,
     campaign: &Campaign,
     load: impl FnOnce(String) -> LoadOptions,
     accepted: Option<&std::path::Path>,
@@ -87,7 +87,7 @@ pub async fn run(
         .map_err(|e| format!("ledger: {e}"))?;
     provision(
         campaign,
-        &Backends {
+        &Stores {
             gate: gate.as_ref(),
             ledger: &ledger,
             topics: topics.as_ref(),

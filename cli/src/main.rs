@@ -18,10 +18,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use coupon_core::broker::{KafkaAdmin, LagProbe, wait_drained};
 use coupon_core::campaign::{Campaign, consumer_group, topic_name};
-use coupon_core::config::{BackendArgs, LogFormat, init_logging};
+use coupon_core::config::{ConnectionArgs, LogFormat, init_logging};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::provision::{Backends, provision};
+use coupon_core::provision::{Stores, provision};
 use coupon_core::settlement::{SettleOptions, SettleScope, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, verify};
 
@@ -29,7 +29,7 @@ use coupon_core::verify::{AcceptedLog, VerifyInput, verify};
 #[command(name = "couponctl", version, about)]
 struct Cli {
     #[command(flatten)]
-    backends: BackendArgs,
+    backends: ConnectionArgs,
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -281,7 +281,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_core::Error> {
+async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupon_core::Error> {
     let (redis, kafka) = (b.redis()?, b.kafka()?);
     match command {
         Command::Provision { file, json } => {
@@ -291,7 +291,7 @@ async fn execute(b: &BackendArgs, command: Command) -> Result<ExitCode, coupon_c
             let topics = KafkaAdmin::new(&kafka)?;
             let report = provision(
                 &campaign,
-                &Backends {
+                &Stores {
                     gate: &gate,
                     ledger: &ledger,
                     topics: &topics,

@@ -23,7 +23,7 @@ use crate::load::{self, LoadOptions, LoadOutcome, Scenario};
 pub struct SystemUnderTest<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
-    pub kafka: &'a coupon_core::backends::KafkaConnection,
+    pub kafka: &'a coupon_core::connections::KafkaConnection,
     pub gate: &'a dyn StockGate,
     pub ledger: &'a Ledger,
 }

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::{PublishTimeouts, idempotent_producer};
+use coupon_core::connections::KafkaConnection;
 use coupon_core::event::PoisonReason;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};

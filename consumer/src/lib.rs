@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use coupon_core::backends::{KafkaConnection, RedisConnection};
 use coupon_core::broker::{LagProbe, client_config};
 use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
+use coupon_core::connections::{KafkaConnection, RedisConnection};
 use coupon_core::gate::{RedisGate, StockGate, StoredMark};
 use coupon_core::ledger::Ledger;
 use rdkafka::ClientContext;

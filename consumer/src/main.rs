@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use coupon_consumer::ConsumerConfig;
-use coupon_core::config::{BackendArgs, LogFormat, init_logging, shutdown_signal};
+use coupon_core::config::{ConnectionArgs, LogFormat, init_logging, shutdown_signal};
 use tokio_util::sync::CancellationToken;
 
 /// Writes a campaign's issuance events to the ledger.
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     #[command(flatten)]
-    backends: BackendArgs,
+    backends: ConnectionArgs,
     #[arg(long, env = "CAMPAIGN")]
     campaign: String,
     /// Topic override; defaults to coupons.<campaign>.issued.

@@ -12,7 +12,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::backends::KafkaConnection;
+use crate::connections::KafkaConnection;
 use crate::error::{Error, Result};
 use crate::event::IssuanceEvent;
 

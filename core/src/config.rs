@@ -3,12 +3,12 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::backends::{KafkaConnection, RedisConnection, redact};
+use crate::connections::{KafkaConnection, RedisConnection, redact};
 use crate::error::{Error, Result};
 
 /// Where the backends are. Every binary takes these flags; each uses the ones it needs.
 #[derive(Clone, clap::Args)]
-pub struct BackendArgs {
+pub struct ConnectionArgs {
     /// Redis holding the stock gate [default: redis://127.0.0.1:6379].
     #[arg(
         long = "redis-url",
@@ -41,7 +41,7 @@ pub struct BackendArgs {
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
 
-impl BackendArgs {
+impl ConnectionArgs {
     pub fn redis_url(&self) -> &str {
         self.redis.as_deref().unwrap_or(DEFAULT_REDIS_URL)
     }
@@ -93,9 +93,9 @@ impl BackendArgs {
 }
 
 // Hand-written so credentials in URLs never reach a log line.
-impl fmt::Debug for BackendArgs {
+impl fmt::Debug for ConnectionArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendArgs")
+        f.debug_struct("ConnectionArgs")
             .field("redis_url", &redact(self.redis_url()))
             .field("redis_ca_file", &self.redis_ca_file)
             .field("redis_client_cert", &self.redis_client_cert)

@@ -112,7 +112,7 @@ impl Ledger {
                     .await?,
             )
         } else {
-            return Err(Error::DatabaseUrl(crate::backends::redact(url)));
+            return Err(Error::DatabaseUrl(crate::connections::redact(url)));
         };
         ledger.migrate().await?;
         Ok(ledger)

@@ -1,10 +1,10 @@
 //! `coupon-core`: the domain every binary shares. The data flows one way:
 //! request → [`gate`] → [`event`] → batch → [`ledger`].
 
-pub mod backends;
 pub mod broker;
 pub mod campaign;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod event;
 pub mod gate;

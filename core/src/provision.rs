@@ -7,16 +7,16 @@ use crate::error::{Error, Result};
 use crate::gate::{Ensured, GateCoupon, StockGate};
 use crate::ledger::{Ledger, RowChange};
 
-/// The default of [`Backends::rebuild_after`] and of settlement's minimum age: three times the
+/// The default of [`Stores::rebuild_after`] and of settlement's minimum age: three times the
 /// API's default delivery deadline (5 s).
 pub const DELIVERY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Where provisioning writes.
-pub struct Backends<'a> {
+pub struct Stores<'a> {
     pub gate: &'a dyn StockGate,
     pub ledger: &'a Ledger,
     pub topics: &'a dyn TopicAdmin,
-    pub kafka: &'a crate::backends::KafkaConnection,
+    pub kafka: &'a crate::connections::KafkaConnection,
     /// A lost gate is rebuilt only this long after it was first seen lost: longer than the
     /// API's delivery deadline, so every publish in flight at the loss is in the topic (and,
     /// once drained, in the ledger the rebuild reads).
@@ -53,7 +53,7 @@ impl std::fmt::Display for ProvisionReport {
     }
 }
 
-pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<ProvisionReport> {
+pub async fn provision(campaign: &Campaign, to: &Stores<'_>) -> Result<ProvisionReport> {
     let topic = campaign.topic();
     let mut report = ProvisionReport {
         topic: topic.clone(),
@@ -161,7 +161,7 @@ pub async fn provision(campaign: &Campaign, to: &Backends<'_>) -> Result<Provisi
 /// A lost gate is rebuilt from the ledger, so the ledger must hold every event accepted before
 /// the loss: wait out the delivery deadline of publishes in flight at the loss, then for the
 /// consumers to drain the topic.
-async fn rebuild_is_safe(campaign: &Campaign, to: &Backends<'_>, coupon: CouponId) -> Result<()> {
+async fn rebuild_is_safe(campaign: &Campaign, to: &Stores<'_>, coupon: CouponId) -> Result<()> {
     let since = to.gate.mark_lost(&campaign.name).await?;
     let waited = to.gate.clock_ms().await? - since;
     let grace = to.rebuild_after.as_millis() as i64;

@@ -127,7 +127,7 @@ impl VerifyReport {
 pub struct VerifyInput<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
-    pub kafka: &'a crate::backends::KafkaConnection,
+    pub kafka: &'a crate::connections::KafkaConnection,
     /// Quantities from the spec file; `None` reads them from the ledger's `coupons` rows.
     pub spec: Option<BTreeMap<CouponId, i64>>,
     pub accepted: Option<&'a AcceptedLog>,

@@ -16,7 +16,7 @@ use coupon_core::broker::{KafkaAdmin, LagProbe, PreCreatedTopics, TopicAdmin};
 use coupon_core::campaign::{Campaign, CouponId, UserId, consumer_group, dead_letter_topic};
 use coupon_core::gate::{RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::provision::{Backends, provision};
+use coupon_core::provision::{Stores, provision};
 use coupon_core::settlement::{SettleOptions, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
 use coupon_report::recorder::{Answer, Recorder};
@@ -509,7 +509,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     };
     provision(
         &campaign,
-        &Backends {
+        &Stores {
             gate: &gate,
             ledger: &ledger,
             topics: topics.as_ref(),
@@ -611,7 +611,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     let sampler = tokio::spawn(sample(
         clock.recorder.clone(),
         LagProbe::new(
-            coupon_core::backends::KafkaConnection::new(brokers.clone()),
+            coupon_core::connections::KafkaConnection::new(brokers.clone()),
             &consumer_group(&name),
         )
         .map_err(|e| e.to_string())?,
@@ -1169,7 +1169,7 @@ async fn heal_loop(
             Ok(None) => {
                 let rebuilt = provision(
                     &h.campaign,
-                    &Backends {
+                    &Stores {
                         gate: &gate,
                         ledger: &ledger,
                         topics: &admin,

@@ -23,7 +23,7 @@ use coupon_core::broker::{
 use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
 use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
-use coupon_core::provision::{Backends, ProvisionReport, provision};
+use coupon_core::provision::{ProvisionReport, Stores, provision};
 use coupon_core::settlement::{SettleOptions, SettleReport, settle};
 use coupon_core::verify::{AcceptedLog, VerifyInput, VerifyReport, verify};
 use http_body_util::BodyExt;
@@ -196,7 +196,7 @@ impl Stack {
         let ledger = Ledger::connect(database_url, 8).await.expect("ledger");
         let provisioned = provision(
             &campaign,
-            &Backends {
+            &Stores {
                 gate: gate.as_ref(),
                 ledger: &ledger,
                 topics,
@@ -476,7 +476,7 @@ impl Stack {
         let admin = KafkaAdmin::new(&self.brokers)?;
         provision(
             campaign,
-            &Backends {
+            &Stores {
                 gate: self.gate.as_ref(),
                 ledger: &self.ledger,
                 topics: &admin,

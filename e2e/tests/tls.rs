@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use coupon_core::backends::RedisConnection;
+use coupon_core::connections::RedisConnection;
 use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_e2e::binaries::{Environments, bin, run_drop};

@@ -4,8 +4,8 @@
 use coupon_core::gate::StockGate;
 use coupon_core::ledger::CouponBook;
 
-use crate::connections::Connected;
 use crate::error::Error;
+use crate::secrets::Connected;
 
 /// A campaign's books as one pass read them.
 pub struct CampaignBooks {

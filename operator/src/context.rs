@@ -6,16 +6,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use coupon_core::backends::KafkaConnection;
 use coupon_core::broker::LagProbe;
+use coupon_core::connections::KafkaConnection;
 use coupon_core::gate::RedisGate;
 use coupon_core::ledger::Ledger;
 use kube::Client;
 use kube::runtime::events::Reporter;
 
 use crate::children;
-use crate::connections::{BackendUrls, Connected};
 use crate::error::Error;
+use crate::secrets::{Connected, ConnectionUrls};
 
 /// The field manager of every write, and the Events' reporting controller.
 pub const MANAGER: &str = "coupon-operator";
@@ -26,7 +26,7 @@ pub(crate) type Recommendation = (DateTime<Utc>, i32);
 pub struct Context {
     pub client: Client,
     pub reporter: Reporter,
-    backends: tokio::sync::Mutex<HashMap<BackendUrls, Connected>>,
+    backends: tokio::sync::Mutex<HashMap<ConnectionUrls, Connected>>,
     /// Autoscaler recommendations per campaign, for the scale-down window.
     pub(crate) history: Mutex<HashMap<String, Vec<Recommendation>>>,
     /// One lag-reading Kafka client per (connection, group), kept across reconciles; a changed
@@ -77,7 +77,7 @@ impl Context {
         self
     }
 
-    pub(crate) async fn connect(&self, urls: BackendUrls) -> Result<Connected, Error> {
+    pub(crate) async fn connect(&self, urls: ConnectionUrls) -> Result<Connected, Error> {
         let mut cache = self.backends.lock().await;
         if let Some(c) = cache.get(&urls) {
             return Ok(c.clone());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use coupon_core::broker::{KafkaAdmin, PartitionLag};
 use coupon_core::campaign::{Campaign, consumer_group};
-use coupon_core::provision::{Backends, provision};
+use coupon_core::provision::{Stores, provision};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -23,7 +23,6 @@ use serde::de::DeserializeOwned;
 
 use crate::books::CampaignBooks;
 use crate::children::{self, Component};
-use crate::connections::{BackendUrls, Connected};
 use crate::context::Context;
 use crate::context::MANAGER;
 use crate::crd::{
@@ -31,6 +30,7 @@ use crate::crd::{
 };
 use crate::error::Error;
 use crate::scaling::{self, Policy, Scale};
+use crate::secrets::{Connected, ConnectionUrls};
 use crate::status::{condition, keep_transition_times};
 
 pub const FINALIZER: &str = "coupons.fcfs.dev/cleanup";
@@ -103,7 +103,7 @@ impl CouponCampaign {
     /// One pass: provision, scale, children, settle, status; each phase its own function.
     async fn apply(&self, ctx: &Context) -> Result<Action, Error> {
         let campaign = Campaign::new(self.name_any(), self.spec.campaign.clone())?;
-        let urls = crate::connections::read(self, &ctx.client).await?;
+        let urls = crate::secrets::read(self, &ctx.client).await?;
         let be = ctx.connect(urls.clone()).await?;
         let mut pass = Pass::new(self);
         let books = self.provision(ctx, &campaign, &be, &mut pass).await?;
@@ -152,7 +152,7 @@ impl CouponCampaign {
         let admin = KafkaAdmin::new(&be.kafka)?;
         let result = provision(
             campaign,
-            &Backends {
+            &Stores {
                 gate: be.gate.as_ref(),
                 ledger: &be.ledger,
                 topics: &admin,
@@ -368,7 +368,7 @@ impl CouponCampaign {
         &self,
         ctx: &Context,
         campaign: &Campaign,
-        urls: BackendUrls,
+        urls: ConnectionUrls,
         phase: Phase,
         books: &CampaignBooks,
         lag: i64,
@@ -490,7 +490,7 @@ impl CouponCampaign {
             }
             DeletionPolicy::Delete => {
                 let be = ctx
-                    .connect(crate::connections::read(self, &ctx.client).await?)
+                    .connect(crate::secrets::read(self, &ctx.client).await?)
                     .await?;
                 let coupons = be.ledger.coupon_quantities(&self.name_any()).await?;
                 let removed = be

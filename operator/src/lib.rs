@@ -7,7 +7,6 @@
 
 pub mod books;
 pub mod children;
-pub mod connections;
 pub mod context;
 pub mod controller;
 pub mod crd;
@@ -15,6 +14,7 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod scaling;
+pub mod secrets;
 pub mod settle_registry;
 pub mod settle_timer;
 pub mod status;

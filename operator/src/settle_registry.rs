@@ -7,15 +7,15 @@ use std::sync::{Mutex, PoisonError};
 use coupon_core::settlement::SettleReport;
 use k8s_openapi::api::core::v1::ObjectReference;
 
-use crate::connections::BackendUrls;
 use crate::crd::Phase;
+use crate::secrets::ConnectionUrls;
 
 /// A campaign the timer settles, as its last reconcile saw it.
 #[derive(Clone)]
 pub struct Entry {
     pub campaign: String,
     pub topic: String,
-    pub urls: BackendUrls,
+    pub urls: ConnectionUrls,
     pub phase: Phase,
     pub reference: ObjectReference,
 }

@@ -484,7 +484,7 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
 /// lag, and mounts both Secrets into its workloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads() {
-    use coupon_core::backends::RedisConnection;
+    use coupon_core::connections::RedisConnection;
     use coupon_core::gate::{RedisGate, StockGate};
     use coupon_e2e::tls::{Pki, TlsPostgres, TlsRedis};
     let pki = Pki::new();

@@ -98,7 +98,7 @@ async fn load(
 
 /// The books: drained, then I1–I6 with the 202s' request ids (I4 must really run).
 async fn check_books(campaign: &str, accepted: &AcceptedLog) {
-    let kafka: coupon_core::backends::KafkaConnection = (&coupon_e2e::kafka_brokers()).into();
+    let kafka: coupon_core::connections::KafkaConnection = (&coupon_e2e::kafka_brokers()).into();
     let topic = topic_name(campaign);
     let lag = coupon_core::broker::wait_drained(
         kafka.clone(),

@@ -17,8 +17,8 @@ use super::{
     Decision, Ensured, GateCoupon, GateSnapshot, Released, RequestStatus, Reservation, StockGate,
     StoredMark, Unsettled, catalog_key, holds, lost_key, parse_uuid, stage_of, unsettled_member,
 };
-use crate::backends::{RedisConnection, RedisLink};
 use crate::campaign::{CouponId, UserId};
+use crate::connections::{RedisConnection, RedisLink};
 use crate::error::{Error, Result};
 
 /// How long a home shard that saw every shard dry answers sold_out without looking again.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use coupon_core::backends::{KafkaConnection, RedisConnection, parse_properties};
+use coupon_core::connections::{KafkaConnection, RedisConnection, parse_properties};
 use coupon_core::gate::RedisGate;
 use coupon_core::ledger::Ledger;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,24 +21,27 @@ use crate::error::Error;
 /// Everything needed to connect, read from the campaign's Secrets. Holds credentials: its
 /// `Debug` redacts them.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct BackendUrls {
+pub struct ConnectionUrls {
     pub redis: String,
     pub redis_files: [Option<PathBuf>; 3],
     pub kafka: KafkaConnection,
     pub database: String,
 }
 
-impl std::fmt::Debug for BackendUrls {
+impl std::fmt::Debug for ConnectionUrls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackendUrls")
-            .field("redis", &coupon_core::backends::redact(&self.redis))
+        f.debug_struct("ConnectionUrls")
+            .field("redis", &coupon_core::connections::redact(&self.redis))
             .field("kafka", &self.kafka)
-            .field("database", &coupon_core::backends::redact(&self.database))
+            .field(
+                "database",
+                &coupon_core::connections::redact(&self.database),
+            )
             .finish()
     }
 }
 
-impl BackendUrls {
+impl ConnectionUrls {
     pub fn redis(&self) -> Result<RedisConnection, Error> {
         let [ca, cert, key] = &self.redis_files;
         Ok(RedisConnection::new(self.redis.as_str()).with_files(
@@ -50,7 +53,7 @@ impl BackendUrls {
 }
 
 /// Reads a campaign's connection Secrets (each Secret once).
-pub async fn read(cc: &CouponCampaign, client: &Client) -> Result<BackendUrls, Error> {
+pub async fn read(cc: &CouponCampaign, client: &Client) -> Result<ConnectionUrls, Error> {
     let ns = cc.namespace().unwrap_or_else(|| "default".into());
     let mut secrets = Secrets {
         api: Api::namespaced(client.clone(), &ns),
@@ -86,7 +89,7 @@ pub async fn read(cc: &CouponCampaign, client: &Client) -> Result<BackendUrls, E
         ],
         None => [None, None, None],
     };
-    Ok(BackendUrls {
+    Ok(ConnectionUrls {
         redis: secrets.text(&c.redis).await?,
         redis_files,
         kafka,
