@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use coupon_core::backoff::Backoff;
 use coupon_core::broker::{PublishFailure, Publisher};
 use coupon_core::campaign::CouponId;
 use coupon_core::event::IssuanceEvent;
@@ -100,13 +101,12 @@ impl Issuer {
         let gate = self.gate.clone();
         let (campaign, coupon, user) = (self.campaign.clone(), req.coupon, req.user);
         tokio::spawn(async move {
-            let mut backoff = std::time::Duration::from_millis(100);
+            let mut backoff = Backoff::default();
             for _ in 0..12 {
                 match gate.release(&campaign, coupon, user, request_id).await {
                     Ok(_) => return,
-                    Err(_) => tokio::time::sleep(backoff).await,
+                    Err(_) => tokio::time::sleep(backoff.wait()).await,
                 }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
             tracing::error!(%request_id, coupon, user, "could not undo an unanswered reservation");
         });

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use coupon_core::backoff::Backoff;
 use coupon_core::broker::{LagProbe, client_config};
 use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
 use coupon_core::connections::{KafkaConnection, RedisConnection};
@@ -232,7 +233,7 @@ impl Worker {
 
     async fn process(&self, batch: &Batch) -> Result<(), Stopped> {
         let campaign = &self.cfg.campaign;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let outcome = loop {
             let started = Instant::now();
             match self.ledger.record_batch(campaign, &batch.events).await {
@@ -245,9 +246,9 @@ impl Worker {
                 Err(e) => {
                     // Database down or a deadlock: nothing was written, nothing is stored.
                     self.metrics.db_errors.inc();
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, events = batch.events.len(), "ledger write failed");
-                    self.pause(backoff).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.wait();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, events = batch.events.len(), "ledger write failed");
+                    self.pause(wait).await?;
                 }
             }
         };
@@ -260,11 +261,10 @@ impl Worker {
         );
         for (i, reason) in &poison {
             let m = &batch.messages[*i];
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::default();
             while let Err(e) = self.dead_letters.send(m, reason).await {
                 tracing::warn!(error = %e, topic = self.dead_letters.topic(), "dead-letter publish failed");
-                self.pause(backoff).await?;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                self.pause(backoff.wait()).await?;
             }
             tracing::warn!(reason = %reason, partition = m.partition(), offset = m.offset(), "event dead-lettered");
             self.metrics

@@ -1,6 +1,7 @@
 //! `coupon-core`: the domain every binary shares. The data flows one way:
 //! request → [`gate`] → [`event`] → batch → [`ledger`].
 
+pub mod backoff;
 pub mod broker;
 pub mod campaign;
 pub mod config;

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::chaos::default_bin_dir;
-use crate::tls::{TempDir, free_port};
+use crate::free_port;
+use crate::tls::TempDir;
 
 /// A workspace binary with no backend from the test's own environment.
 pub fn bin(name: &str) -> Command {

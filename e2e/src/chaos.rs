@@ -375,13 +375,6 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
 /// The hot load's campaign: six coupons take 90% of the requests and sell out one after the
 /// other during the load (25 to 4,000 each); fourteen larger ones stay on sale throughout, so
 /// every fault lands while reservations are being made. Coupon 21 is the final probe's alone:
@@ -420,7 +413,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
 
     // Redis: a private server, so restarting it empty touches no other test.
-    let redis_port = free_port()?;
+    let redis_port = crate::free_port();
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let mut redis = Process {
         name: "redis-server",
@@ -523,7 +516,7 @@ pub async fn run(opts: &ChaosOptions) -> Result<ChaosOutcome, String> {
     // The consumer reaches the database through a proxy that can cut it.
     let db_target = host_port(&opts.database_url)?;
     let proxy = Proxy::start(&db_target).await;
-    let api_port = free_port()?;
+    let api_port = crate::free_port();
     let api_addr = format!("127.0.0.1:{api_port}");
     let common = vec![
         ("CAMPAIGN".to_string(), name.clone()),
@@ -1124,7 +1117,7 @@ async fn wait_ready(http: &reqwest::Client, addr: &str, within: Duration) -> Res
     }
 }
 
-fn host_port(url: &str) -> Result<String, String> {
+pub fn host_port(url: &str) -> Result<String, String> {
     let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
     let host = u.host_str().ok_or_else(|| format!("{url}: no host"))?;
     let port = u

@@ -2,7 +2,6 @@
 //! on a TLS port with an ACL user, and a PostgreSQL cluster in a temporary directory with
 //! `ssl=on`. Every server is stopped and its directory removed when dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -131,14 +130,6 @@ fn openssl(args: &[&str]) {
     );
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 fn wait_listening(port: u16, child: &mut Child, what: &str) {
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -163,7 +154,7 @@ pub struct TlsRedis {
 impl TlsRedis {
     pub fn start(pki: &Pki) -> Self {
         let dir = TempDir::new("tls-redis");
-        let port = free_port();
+        let port = crate::free_port();
         let f = |name: &str| pki.path(name).display().to_string();
         let mut child = Command::new("redis-server")
             .args([
@@ -261,7 +252,7 @@ impl TlsPostgres {
         for f in ["server.pem", "server.key", "ca.pem"] {
             std::fs::copy(pki.path(f), data.join(f)).expect("copy certificate");
         }
-        let port = free_port();
+        let port = crate::free_port();
         let conf = format!(
             "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n\

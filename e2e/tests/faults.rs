@@ -245,10 +245,9 @@ async fn mariadb_outage_loses_nothing() {
     database_outage_loses_nothing(&coupon_e2e::mysql_url()).await;
 }
 
+/// `host:port` of a backend's URL (the proxy's target).
 fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.split('/').next().unwrap_or(rest);
-    host.rsplit_once('@').map_or(host, |(_, h)| h).to_string()
+    coupon_e2e::chaos::host_port(url).expect("a backend URL")
 }
 
 /// A malformed event goes to the dead-letter topic with its reason; the consumer goes on.

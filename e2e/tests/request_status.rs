@@ -218,7 +218,7 @@ async fn a_killed_api_process_leaves_its_request_pending_until_settled() {
     )
     .await;
     let name = stack.campaign.name.clone();
-    let addr = format!("127.0.0.1:{}", coupon_e2e::tls::free_port());
+    let addr = format!("127.0.0.1:{}", coupon_e2e::free_port());
     let mut api = Kill(
         bin("coupon-api")
             .env("REDIS_URL", coupon_e2e::redis_url())

@@ -10,8 +10,8 @@ use coupon_core::connections::RedisConnection;
 use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
 use coupon_core::ledger::Ledger;
 use coupon_e2e::binaries::{Environments, bin, run_drop};
-use coupon_e2e::tls::{Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsPostgres, TlsRedis, free_port};
-use coupon_e2e::unique;
+use coupon_e2e::tls::{Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsPostgres, TlsRedis};
+use coupon_e2e::{free_port, unique};
 
 fn tls_redis(pki: &Pki, redis: &TlsRedis) -> RedisConnection {
     RedisConnection::new(redis.url())

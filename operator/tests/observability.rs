@@ -23,13 +23,6 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// One HTTP/1.0 request; the status code and body.
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -134,7 +127,7 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported() {
     )
     .await;
 
-    let api_addr = format!("127.0.0.1:{}", free_port());
+    let api_addr = format!("127.0.0.1:{}", coupon_e2e::free_port());
     let _api_proc = Killed(
         Command::new(binary("coupon-api"))
             .args(["--campaign", &name, "--listen", &api_addr])
@@ -159,7 +152,7 @@ async fn every_metric_the_dashboards_and_alerts_query_is_exported() {
     }
     let api_page = wait_for(&api_addr, "/metrics", |_| true).await;
 
-    let consumer_addr = format!("127.0.0.1:{}", free_port());
+    let consumer_addr = format!("127.0.0.1:{}", coupon_e2e::free_port());
     let _consumer_proc = Killed(
         Command::new(binary("coupon-consumer"))
             .args(["--campaign", &name])

@@ -39,13 +39,6 @@ pub struct Pod {
     container: Value,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// `Secret.data` and `binaryData` values are standard base64.
 pub fn b64_decode(s: &str) -> Vec<u8> {
     use base64::Engine;
@@ -380,7 +373,7 @@ impl Pod {
         let mut ports = BTreeMap::new();
         for p in c["ports"].as_array().into_iter().flatten() {
             let port = p["containerPort"].as_i64().expect("containerPort");
-            ports.insert(port, free_port());
+            ports.insert(port, coupon_e2e::free_port());
         }
         let listen = |v: &str| -> Option<String> {
             let (host, port) = v.rsplit_once(':')?;
