@@ -4,6 +4,7 @@
 //! Cluster (keys hash-tagged per coupon shard, `coupon:{campaign:id}`, so every script touches
 //! one slot); [`MemoryGate`] holds it in process for the embedded mode.
 
+pub mod holder;
 mod redis_gate;
 pub mod shards;
 
@@ -13,6 +14,7 @@ use uuid::Uuid;
 use crate::campaign::{CouponId, UserId};
 use crate::error::{Error, Result};
 
+use self::holder::Holder;
 pub use self::redis_gate::{Attempt, DRY_HINT_MS, RedisGate};
 use self::shards::ShardKeys;
 
@@ -248,11 +250,11 @@ pub trait StockGate: Send + Sync {
 }
 
 /// The stage of a request the gate names `user` for, from the home shard's records: `holder`
-/// (the user's holder value), whether an unsettled entry is still there, the consumer's mark
+/// (what the user's holder entry says), whether an unsettled entry is still there, the consumer's mark
 /// and a release tombstone. `None`: the records do not agree on any stage.
 fn stage_of(
     request_id: Uuid,
-    holder: Option<&str>,
+    holder: Option<&Holder>,
     unsettled_at: Option<i64>,
     stored_at: Option<i64>,
     released_at: Option<i64>,
@@ -275,9 +277,9 @@ fn stage_of(
     }
 }
 
-/// Whether a holder value (`id`, `id?nonce`, `id>shard`) names this request.
-fn holds(holder: Option<&str>, request_id: Uuid) -> bool {
-    holder.is_some_and(|h| h.get(..36) == Some(request_id.to_string().as_str()))
+/// Whether the user's holder entry is this request's (at any stage).
+fn holds(holder: Option<&Holder>, request_id: Uuid) -> bool {
+    holder.is_some_and(|h| h.request() == request_id)
 }
 
 /// Shard 0's hash of a coupon (the only one of an unsharded coupon).
@@ -659,12 +661,12 @@ impl StockGate for MemoryGate {
                 (Some(u), record) => (u, record.and_then(|r| r.1)),
                 (None, record) => record?,
             };
-            let holder = c.holders.get(&user).map(Uuid::to_string);
+            let holder = c.holders.get(&user).copied().map(Holder::Held);
             // Unrecorded (an older version's reservation): only the holder vouches for the user.
-            let vouched = record.is_some() || holds(holder.as_deref(), request_id);
+            let vouched = record.is_some() || holds(holder.as_ref(), request_id);
             let stage = stage_of(
                 request_id,
-                holder.as_deref(),
+                holder.as_ref(),
                 c.unsettled.get(&(user, request_id)).copied(),
                 c.stored.get(&request_id).copied().filter(|_| vouched),
                 released_at,

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
+use super::holder::Holder;
 use super::shards::{MAX_SHARDS, ShardKeys, home_shard, rebuilt_stock, share, siblings};
 use super::{
     Decision, Ensured, GateCoupon, GateSnapshot, Released, RequestStatus, Reservation, StockGate,
@@ -111,6 +112,11 @@ impl Attempt {
     }
 }
 
+/// A script that reads or writes holder values, with their encoding (`holder.lua`) ahead of it.
+fn with_holder_encoding(body: &str) -> Script {
+    Script::new(&format!("{}\n{body}", include_str!("holder.lua")))
+}
+
 fn reply_at(reply: &[String], i: usize) -> &str {
     reply.get(i).map_or("", String::as_str)
 }
@@ -121,10 +127,10 @@ impl RedisGate {
         let gate = Self {
             conn,
             scripts: Arc::new(Scripts {
-                reserve: Script::new(include_str!("reserve.lua")),
-                release: Script::new(include_str!("release.lua")),
+                reserve: with_holder_encoding(include_str!("reserve.lua")),
+                release: with_holder_encoding(include_str!("release.lua")),
                 ensure: Script::new(include_str!("ensure.lua")),
-                shard: Script::new(include_str!("shard.lua")),
+                shard: with_holder_encoding(include_str!("shard.lua")),
             }),
             shard_counts: Arc::default(),
         };
@@ -450,7 +456,7 @@ impl RedisGate {
         campaign: &str,
         r: &Reservation,
         shards: u16,
-    ) -> Result<(Option<String>, Option<i64>)> {
+    ) -> Result<(Option<Holder>, Option<i64>)> {
         let keys = ShardKeys::new(campaign, r.coupon, home_shard(r.user, shards));
         let mut conn = self.conn.clone();
         let (holder, at): (Option<String>, Option<f64>) = redis::pipe()
@@ -458,6 +464,7 @@ impl RedisGate {
             .zscore(&keys.unsettled, unsettled_member(r.user, r.request_id))
             .query_async(&mut conn)
             .await?;
+        let holder = holder.as_deref().map(Holder::parse).transpose()?;
         Ok((holder, at.map(|a| a as i64)))
     }
 
@@ -472,12 +479,11 @@ impl RedisGate {
         cutoff: i64,
     ) -> Result<Released> {
         let (holder, home_at) = self.home_of(campaign, r, shards).await?;
-        let id = r.request_id.to_string();
         let ripe_home = home_at.is_some_and(|at| at <= cutoff);
         let member = unsettled_member(r.user, r.request_id);
         match holder {
             // The home confirmed this very unit.
-            Some(h) if h == format!("{id}>{}", r.shard) => {
+            Some(Holder::Lent { request, from }) if request == r.request_id && from == r.shard => {
                 if stored {
                     let mut conn = self.conn.clone();
                     let keys = ShardKeys::new(campaign, r.coupon, r.shard);
@@ -493,7 +499,7 @@ impl RedisGate {
             }
             // A claim still open: a stalled attempt took this unit. Drop the claim first, so
             // the attempt's confirm fails, then give the unit back.
-            Some(h) if h.starts_with(&format!("{id}?")) && ripe_home => {
+            Some(Holder::Claim { request, .. }) if request == r.request_id && ripe_home => {
                 self.release_home(campaign, r.coupon, r.user, r.request_id, Some(cutoff))
                     .await?;
                 self.lent_back(campaign, r, shards, &member, cutoff).await
@@ -762,12 +768,9 @@ impl StockGate for RedisGate {
                 user,
             )
             .await?;
-        match id {
-            // A claim in progress holds nothing yet.
-            Some(h) if h.as_bytes().get(36) == Some(&b'?') => Ok(None),
-            Some(h) => parse_uuid(h.get(..36).unwrap_or(&h)).map(Some),
-            None => Ok(None),
-        }
+        // A claim in progress holds nothing yet.
+        let holder = id.as_deref().map(Holder::parse).transpose()?;
+        Ok(holder.filter(Holder::holds_unit).map(|h| h.request()))
     }
 
     async fn set_catalog(&self, campaign: &str, coupons: &[(CouponId, i64)]) -> Result<()> {
@@ -974,10 +977,11 @@ impl StockGate for RedisGate {
         // The home's entry stands for the whole reservation, a unit lent by a sibling included
         // (the sibling's own entry only tracks that unit).
         // Unrecorded (an older version's reservation): only the holder vouches for the user.
-        let vouched = recorded || holds(holder.as_deref(), request_id);
+        let holder = holder.as_deref().map(Holder::parse).transpose()?;
+        let vouched = recorded || holds(holder.as_ref(), request_id);
         Ok(stage_of(
             request_id,
-            holder.as_deref(),
+            holder.as_ref(),
             at.map(|a| a as i64),
             stored_at.filter(|_| vouched),
             released_at,

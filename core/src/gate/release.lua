@@ -20,19 +20,19 @@ if ARGV[3] then
 end
 redis.call('ZREM', KEYS[3], member)
 local holder = redis.call('HGET', KEYS[2], ARGV[1])
-if not holder or string.sub(holder, 1, 36) ~= ARGV[2] then
+if not holder or holder_request(holder) ~= ARGV[2] then
   return {0}
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
-local mark = string.sub(holder, 37, 37)
-if mark == '?' then
+local mark = holder_mark(holder)
+if mark == CLAIM then
   redis.call('HDEL', KEYS[4], ARGV[2])
   return {2}
 end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[1] .. '@' .. (tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)))
-if mark == '>' then
-  return {3, tonumber(string.sub(holder, 38))}
+if mark == LENT then
+  return {3, tonumber(holder_rest(holder))}
 end
 redis.call('HINCRBY', KEYS[1], 'stock', 1)
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)

@@ -31,8 +31,8 @@ end
 -- The duplicate check comes before the stock check so a repeat never debits stock.
 local holder = redis.call('HGET', KEYS[2], ARGV[1])
 if holder then
-  local id = string.sub(holder, 1, 36)
-  if string.sub(holder, 37, 37) == '?' then
+  local id = holder_request(holder)
+  if holder_mark(holder) == CLAIM then
     -- Another attempt of this user is borrowing a unit right now.
     return {'pending', id}
   end
@@ -62,7 +62,7 @@ if shards > 1 then
   local hint = redis.call('HMGET', KEYS[1], 'dry_until', 'epoch')
   if (tonumber(hint[1]) or 0) <= now then
     -- Claim the user's slot first, so no other attempt of this user borrows at the same time.
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '?' .. (ARGV[4] or ''))
+    redis.call('HSET', KEYS[2], ARGV[1], claim_value(ARGV[2], ARGV[4] or ''))
     redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
     redis.call('ZADD', KEYS[3], now, ARGV[1] .. ':' .. ARGV[2])
     return {'borrow', hint[2] or '0'}

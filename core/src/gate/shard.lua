@@ -26,10 +26,10 @@ elseif step == 'confirm' then
   -- At home: KEYS[1] holders, KEYS[2] unsettled; ARGV[2] user, ARGV[3] request, ARGV[4] shard,
   -- ARGV[5] the attempt's nonce. Refused when the claim is not this attempt's (settlement
   -- released a stalled attempt, and perhaps a retry claimed since).
-  if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] .. '?' .. ARGV[5] then
+  if redis.call('HGET', KEYS[1], ARGV[2]) ~= claim_value(ARGV[3], ARGV[5]) then
     return 0
   end
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. '>' .. ARGV[4])
+  redis.call('HSET', KEYS[1], ARGV[2], lent_value(ARGV[3], ARGV[4]))
   -- The publish starts now: settlement waits out its deadline from here. The time is the
   -- answer (the reservation's time, as 'reserved' answers it).
   local at = now()
@@ -40,7 +40,7 @@ elseif step == 'unclaim' then
   -- ARGV[2] user, ARGV[3] request,
   -- ARGV[4] the epoch the claim saw ('' when abandoning after an error), ARGV[5] hint ms,
   -- ARGV[6] the attempt's nonce (only its own claim is dropped).
-  if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3] .. '?' .. ARGV[6] then
+  if redis.call('HGET', KEYS[2], ARGV[2]) == claim_value(ARGV[3], ARGV[6]) then
     redis.call('HDEL', KEYS[2], ARGV[2])
     redis.call('ZREM', KEYS[3], ARGV[2] .. ':' .. ARGV[3])
     redis.call('HDEL', KEYS[4], ARGV[3])
