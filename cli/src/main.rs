@@ -281,128 +281,22 @@ async fn main() -> ExitCode {
     }
 }
 
+/// One function per subcommand, each on its own screen.
 async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupon_core::Error> {
-    let (redis, kafka) = (b.redis()?, b.kafka()?);
     match command {
-        Command::Provision { file, json } => {
-            let campaign = Campaign::from_yaml(&read(&file)?)?;
-            let gate = RedisGate::connect(&redis).await?;
-            let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let topics = KafkaAdmin::new(&kafka)?;
-            let report = provision(
-                &campaign,
-                &Stores {
-                    gate: &gate,
-                    ledger: &ledger,
-                    topics: &topics,
-                    kafka: &kafka,
-                    rebuild_after: coupon_core::provision::DELIVERY_GRACE,
-                },
-            )
-            .await?;
-            if json {
-                println!("{}", to_json(&report));
-            } else {
-                println!("campaign {}: {report}", campaign.name);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Provision { file, json } => run_provision(b, file, json).await,
         Command::Verify {
             campaign,
             accepted,
             file,
             wait_drain,
             json,
-        } => {
-            let spec = match &file {
-                Some(f) => {
-                    let c = Campaign::from_yaml(&read(f)?)?;
-                    Some(
-                        c.coupons()
-                            .iter()
-                            .map(|c| (c.id, c.quantity))
-                            .collect::<BTreeMap<_, _>>(),
-                    )
-                }
-                None => None,
-            };
-            let accepted = match &accepted {
-                Some(f) => Some(AcceptedLog::parse(&read(f)?)?),
-                None => None,
-            };
-            let gate = RedisGate::connect(&redis).await?;
-            let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let topic = topic_name(&campaign);
-            wait_drained(
-                &kafka,
-                &consumer_group(&campaign),
-                &topic,
-                Duration::from_secs(wait_drain),
-            )
-            .await?;
-            let report = verify(
-                &VerifyInput {
-                    campaign: &campaign,
-                    topic: &topic,
-                    kafka: &kafka,
-                    spec,
-                    accepted: accepted.as_ref(),
-                },
-                &gate,
-                &ledger,
-            )
-            .await?;
-            if json {
-                println!("{}", to_json(&report));
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        } => run_verify(b, campaign, accepted, file, wait_drain, json).await,
         Command::Demo {
             file,
             time_scale,
             load,
-        } => {
-            let text = match &file {
-                Some(f) => read(f)?,
-                None => demo::SEED_CAMPAIGN.to_string(),
-            };
-            let campaign = Campaign::from_yaml(&text)?;
-            let coupons: Vec<_> = campaign
-                .coupons()
-                .iter()
-                .map(|c| (c.id, c.quantity))
-                .collect();
-            let (mut report, running) = demo::run(
-                b,
-                &campaign,
-                |target| load.options(vec![target], time_scale, &coupons),
-                load.accepted.as_deref(),
-            )
-            .await
-            .map_err(coupon_core::Error::Unexpected)?;
-            if !load.json {
-                println!(
-                    "couponctl demo: gate = {}, broker = {}, ledger = {}; real coupon-api and coupon-consumer code",
-                    running.gate, running.broker, running.ledger
-                );
-            }
-            report.run.backends = vec![
-                ("gate".into(), running.gate.into()),
-                ("broker".into(), running.broker.into()),
-                ("ledger".into(), running.ledger.into()),
-                (
-                    "API and consumer".into(),
-                    "in this process (couponctl demo)".into(),
-                ),
-            ];
-            load.finish(&report)
-        }
+        } => run_demo(b, file, time_scale, load).await,
         Command::Plan {
             rates,
             from,
@@ -411,40 +305,15 @@ async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupo
             api_pod_cores,
             consumer_pod_cores,
             json,
-        } => {
-            let (costs, source) = match &from {
-                Some(path) => (read_costs(path)?, path.display().to_string()),
-                None => (plan::Costs::REFERENCE, "reference machine".to_string()),
-            };
-            let a = plan::Assumptions {
-                issued_share,
-                utilisation,
-                api_pod_cores,
-                consumer_pod_cores,
-            };
-            let valid = (0.0..=1.0).contains(&issued_share)
-                && utilisation > 0.0
-                && utilisation <= 1.0
-                && api_pod_cores > 0.0
-                && consumer_pod_cores > 0.0;
-            if !valid {
-                return Err(coupon_core::Error::Config(
-                    "--issued-share must be within 0..1, --utilisation within (0, 1] and pod cores positive".into(),
-                ));
-            }
-            let rates = if rates.is_empty() {
-                vec![10_000.0, 100_000.0, 1_000_000.0]
-            } else {
-                rates
-            };
-            let plans: Vec<_> = rates.iter().map(|r| plan::plan(*r, &costs, &a)).collect();
-            if json {
-                println!("{}", to_json(&plans));
-            } else {
-                print!("{}", plan::render(&plans, &costs, &a, &source));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_plan(
+            rates,
+            from,
+            issued_share,
+            utilisation,
+            api_pod_cores,
+            consumer_pod_cores,
+            json,
+        ),
         Command::Bench {
             connections,
             duration,
@@ -452,105 +321,313 @@ async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupo
             cluster_url,
             json,
             html,
-        } => {
-            let report = bench::run(
-                b,
-                bench::BenchOptions {
-                    connections,
-                    duration,
-                    raw_ops,
-                    cluster_url,
-                },
-            )
-            .await
-            .map_err(coupon_core::Error::Unexpected)?;
-            if let Some(path) = &html {
-                let page = page::bench_page(&report)
-                    .map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
-                write(path, &page)?;
-            }
-            if json {
-                println!("{}", to_json(&report));
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_bench(b, connections, duration, raw_ops, cluster_url, json, html).await,
         Command::Load {
             target,
             campaign,
             time_scale,
             load,
-        } => {
-            let gate = RedisGate::connect(&redis).await?;
-            let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let coupons = ledger.coupon_quantities(&campaign).await?;
-            if coupons.is_empty() {
-                return Err(coupon_core::Error::NotProvisioned(campaign));
-            }
-            let topic = topic_name(&campaign);
-            let books = report::SystemUnderTest {
-                campaign: &campaign,
-                topic: &topic,
-                kafka: &kafka,
-                gate: &gate,
-                ledger: &ledger,
-            };
-            let targets = target
-                .iter()
-                .map(|t| t.trim_end_matches('/').to_string())
-                .collect();
-            let mut report = report::load_and_report(
-                &books,
-                load.options(targets, time_scale, &coupons),
-                load.accepted.as_deref(),
-            )
-            .await
-            .map_err(coupon_core::Error::Unexpected)?;
-            report.run.backends = vec![
-                ("API".into(), target.join(", ")),
-                ("gate".into(), without_credentials(b.redis_url())),
-                ("broker".into(), b.kafka_brokers().to_string()),
-                ("ledger".into(), without_credentials(b.database_url()?)),
-            ];
-            load.finish(&report)
-        }
+        } => run_load(b, target, campaign, time_scale, load).await,
         Command::Reconcile {
             campaign,
             min_age,
             wait_drain,
             json,
-        } => {
-            let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(&redis).await?);
-            let ledger = Ledger::connect(b.database_url()?, 2).await?;
-            let lag = LagProbe::new(&kafka, &consumer_group(&campaign))?;
-            let report = settle(
-                &SettleScope {
-                    campaign: &campaign,
-                    topic: &topic_name(&campaign),
-                    gate: gate.as_ref(),
-                    ledger: &ledger,
-                    lag: &lag,
-                },
-                &SettleOptions {
-                    min_age: Duration::from_secs(min_age),
-                    drain_timeout: Duration::from_secs(wait_drain),
-                    ..SettleOptions::default()
-                },
-            )
-            .await?;
-            if json {
-                println!("{}", to_json(&report));
-            } else {
-                println!("{report}");
-            }
-            Ok(if report.not_drained || report.gate_lost {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => run_reconcile(b, campaign, min_age, wait_drain, json).await,
     }
+}
+
+/// `couponctl provision`.
+async fn run_provision(
+    b: &ConnectionArgs,
+    file: PathBuf,
+    json: bool,
+) -> Result<ExitCode, coupon_core::Error> {
+    let (redis, kafka) = (b.redis()?, b.kafka()?);
+    let campaign = Campaign::from_yaml(&read(&file)?)?;
+    let gate = RedisGate::connect(&redis).await?;
+    let ledger = Ledger::connect(b.database_url()?, 2).await?;
+    let topics = KafkaAdmin::new(&kafka)?;
+    let report = provision(
+        &campaign,
+        &Stores {
+            gate: &gate,
+            ledger: &ledger,
+            topics: &topics,
+            kafka: &kafka,
+            rebuild_after: coupon_core::provision::DELIVERY_GRACE,
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", to_json(&report));
+    } else {
+        println!("campaign {}: {report}", campaign.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `couponctl verify`.
+async fn run_verify(
+    b: &ConnectionArgs,
+    campaign: String,
+    accepted: Option<PathBuf>,
+    file: Option<PathBuf>,
+    wait_drain: u64,
+    json: bool,
+) -> Result<ExitCode, coupon_core::Error> {
+    let (redis, kafka) = (b.redis()?, b.kafka()?);
+    let spec = match &file {
+        Some(f) => {
+            let c = Campaign::from_yaml(&read(f)?)?;
+            Some(
+                c.coupons()
+                    .iter()
+                    .map(|c| (c.id, c.quantity))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        }
+        None => None,
+    };
+    let accepted = match &accepted {
+        Some(f) => Some(AcceptedLog::parse(&read(f)?)?),
+        None => None,
+    };
+    let gate = RedisGate::connect(&redis).await?;
+    let ledger = Ledger::connect(b.database_url()?, 2).await?;
+    let topic = topic_name(&campaign);
+    wait_drained(
+        &kafka,
+        &consumer_group(&campaign),
+        &topic,
+        Duration::from_secs(wait_drain),
+    )
+    .await?;
+    let report = verify(
+        &VerifyInput {
+            campaign: &campaign,
+            topic: &topic,
+            kafka: &kafka,
+            spec,
+            accepted: accepted.as_ref(),
+        },
+        &gate,
+        &ledger,
+    )
+    .await?;
+    if json {
+        println!("{}", to_json(&report));
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `couponctl demo`.
+async fn run_demo(
+    b: &ConnectionArgs,
+    file: Option<PathBuf>,
+    time_scale: f64,
+    load: LoadArgs,
+) -> Result<ExitCode, coupon_core::Error> {
+    let text = match &file {
+        Some(f) => read(f)?,
+        None => demo::SEED_CAMPAIGN.to_string(),
+    };
+    let campaign = Campaign::from_yaml(&text)?;
+    let coupons: Vec<_> = campaign
+        .coupons()
+        .iter()
+        .map(|c| (c.id, c.quantity))
+        .collect();
+    let (mut report, running) = demo::run(
+        b,
+        &campaign,
+        |target| load.options(vec![target], time_scale, &coupons),
+        load.accepted.as_deref(),
+    )
+    .await
+    .map_err(coupon_core::Error::Unexpected)?;
+    if !load.json {
+        println!(
+            "couponctl demo: gate = {}, broker = {}, ledger = {}; real coupon-api and coupon-consumer code",
+            running.gate, running.broker, running.ledger
+        );
+    }
+    report.run.backends = vec![
+        ("gate".into(), running.gate.into()),
+        ("broker".into(), running.broker.into()),
+        ("ledger".into(), running.ledger.into()),
+        (
+            "API and consumer".into(),
+            "in this process (couponctl demo)".into(),
+        ),
+    ];
+    load.finish(&report)
+}
+
+/// `couponctl plan`.
+fn run_plan(
+    rates: Vec<f64>,
+    from: Option<PathBuf>,
+    issued_share: f64,
+    utilisation: f64,
+    api_pod_cores: f64,
+    consumer_pod_cores: f64,
+    json: bool,
+) -> Result<ExitCode, coupon_core::Error> {
+    let (costs, source) = match &from {
+        Some(path) => (read_costs(path)?, path.display().to_string()),
+        None => (plan::Costs::REFERENCE, "reference machine".to_string()),
+    };
+    let a = plan::Assumptions {
+        issued_share,
+        utilisation,
+        api_pod_cores,
+        consumer_pod_cores,
+    };
+    let valid = (0.0..=1.0).contains(&issued_share)
+        && utilisation > 0.0
+        && utilisation <= 1.0
+        && api_pod_cores > 0.0
+        && consumer_pod_cores > 0.0;
+    if !valid {
+        return Err(coupon_core::Error::Config(
+            "--issued-share must be within 0..1, --utilisation within (0, 1] and pod cores positive".into(),
+        ));
+    }
+    let rates = if rates.is_empty() {
+        vec![10_000.0, 100_000.0, 1_000_000.0]
+    } else {
+        rates
+    };
+    let plans: Vec<_> = rates.iter().map(|r| plan::plan(*r, &costs, &a)).collect();
+    if json {
+        println!("{}", to_json(&plans));
+    } else {
+        print!("{}", plan::render(&plans, &costs, &a, &source));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `couponctl bench`.
+async fn run_bench(
+    b: &ConnectionArgs,
+    connections: usize,
+    duration: Duration,
+    raw_ops: usize,
+    cluster_url: Option<String>,
+    json: bool,
+    html: Option<PathBuf>,
+) -> Result<ExitCode, coupon_core::Error> {
+    let report = bench::run(
+        b,
+        bench::BenchOptions {
+            connections,
+            duration,
+            raw_ops,
+            cluster_url,
+        },
+    )
+    .await
+    .map_err(coupon_core::Error::Unexpected)?;
+    if let Some(path) = &html {
+        let page =
+            page::bench_page(&report).map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
+        write(path, &page)?;
+    }
+    if json {
+        println!("{}", to_json(&report));
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `couponctl load`.
+async fn run_load(
+    b: &ConnectionArgs,
+    target: Vec<String>,
+    campaign: String,
+    time_scale: f64,
+    load: LoadArgs,
+) -> Result<ExitCode, coupon_core::Error> {
+    let (redis, kafka) = (b.redis()?, b.kafka()?);
+    let gate = RedisGate::connect(&redis).await?;
+    let ledger = Ledger::connect(b.database_url()?, 2).await?;
+    let coupons = ledger.coupon_quantities(&campaign).await?;
+    if coupons.is_empty() {
+        return Err(coupon_core::Error::NotProvisioned(campaign));
+    }
+    let topic = topic_name(&campaign);
+    let books = report::SystemUnderTest {
+        campaign: &campaign,
+        topic: &topic,
+        kafka: &kafka,
+        gate: &gate,
+        ledger: &ledger,
+    };
+    let targets = target
+        .iter()
+        .map(|t| t.trim_end_matches('/').to_string())
+        .collect();
+    let mut report = report::load_and_report(
+        &books,
+        load.options(targets, time_scale, &coupons),
+        load.accepted.as_deref(),
+    )
+    .await
+    .map_err(coupon_core::Error::Unexpected)?;
+    report.run.backends = vec![
+        ("API".into(), target.join(", ")),
+        ("gate".into(), without_credentials(b.redis_url())),
+        ("broker".into(), b.kafka_brokers().to_string()),
+        ("ledger".into(), without_credentials(b.database_url()?)),
+    ];
+    load.finish(&report)
+}
+
+/// `couponctl reconcile`.
+async fn run_reconcile(
+    b: &ConnectionArgs,
+    campaign: String,
+    min_age: u64,
+    wait_drain: u64,
+    json: bool,
+) -> Result<ExitCode, coupon_core::Error> {
+    let (redis, kafka) = (b.redis()?, b.kafka()?);
+    let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(&redis).await?);
+    let ledger = Ledger::connect(b.database_url()?, 2).await?;
+    let lag = LagProbe::new(&kafka, &consumer_group(&campaign))?;
+    let report = settle(
+        &SettleScope {
+            campaign: &campaign,
+            topic: &topic_name(&campaign),
+            gate: gate.as_ref(),
+            ledger: &ledger,
+            lag: &lag,
+        },
+        &SettleOptions {
+            min_age: Duration::from_secs(min_age),
+            drain_timeout: Duration::from_secs(wait_drain),
+            ..SettleOptions::default()
+        },
+    )
+    .await?;
+    if json {
+        println!("{}", to_json(&report));
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.not_drained || report.gate_lost {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn write(path: &std::path::Path, text: &str) -> Result<(), coupon_core::Error> {
