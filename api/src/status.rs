@@ -152,9 +152,7 @@ pub(crate) async fn user_coupons(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Response, ApiError> {
     admit(&state, peer, &headers)?;
-    let user = crate::identity::parse_user(&user)
-        .filter(|_| user.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| ApiError::invalid("userId must be a positive integer"))?;
+    let user = user_in_path(&user)?;
     // Body identity trusts the client; header and jwt name the only user one may list.
     state.0.admission.identity.user(&headers, Some(user))?;
     let issuer = &state.0.issuer;
@@ -183,6 +181,18 @@ pub(crate) async fn user_coupons(
     Ok(response)
 }
 
+/// The path's user id: digits, as the body's `userId` is read — where `42.0` is the integer 42
+/// (a client that echoes the body's number may write it so); no sign, no other fraction.
+fn user_in_path(raw: &str) -> Result<UserId, ApiError> {
+    let digits = raw
+        .split_once('.')
+        .filter(|(_, fraction)| !fraction.is_empty() && fraction.bytes().all(|b| b == b'0'))
+        .map_or(raw, |(whole, _)| whole);
+    crate::identity::parse_user(digits)
+        .filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| ApiError::invalid("userId must be a positive integer"))
+}
+
 /// Polls count against the client address's rate limit, as issue requests do.
 fn admit(
     state: &AppState,
@@ -199,5 +209,20 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Option<UserId>, ApiEr
     match state.0.admission.identity {
         crate::identity::Identity::Body => Ok(None),
         ref identity => identity.user(headers, None).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_user_id_reads_as_the_body_reads_it() {
+        for (raw, user) in [("7", 7), ("7.0", 7), ("2243587.00", 2_243_587)] {
+            assert_eq!(user_in_path(raw).ok(), Some(user), "{raw}");
+        }
+        for raw in ["0", "+7", "-7", "7.5", "7.", ".0", "", "7e0", "0x7", " 7"] {
+            assert!(user_in_path(raw).is_err(), "{raw:?}");
+        }
     }
 }

@@ -74,6 +74,9 @@ async fn a_202_is_pending_until_stored_then_issued() {
     assert_eq!(coupons[0]["couponId"], 1);
     assert_eq!(coupons[0]["requestId"], id.to_string());
     assert_eq!(coupons[0]["status"], "issued");
+    // A client echoing the body's number may write the user as 7.0, which the body accepts.
+    let (s, echoed, _) = stack.get_with("/api/users/7.0/coupons", &[]).await;
+    assert_eq!((s, &echoed["coupons"]), (StatusCode::OK, &list["coupons"]));
     let (_, none, _) = stack.get_with("/api/users/8/coupons", &[]).await;
     assert_eq!(none["coupons"], serde_json::json!([]), "{none}");
 
