@@ -134,11 +134,10 @@ impl StoredWatch {
     fn take(&self, now_ms: u64) -> bool {
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == u64::MAX || now_ms >= last + STORED_SAMPLE_EVERY.as_millis() as u64;
-        due && self.taken.load(Ordering::Relaxed) < STORED_SAMPLE_MAX
-            && self
-                .last_ms
-                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        due && self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
             && self.taken.fetch_add(1, Ordering::Relaxed) < STORED_SAMPLE_MAX
     }
 

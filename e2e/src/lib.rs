@@ -308,15 +308,25 @@ impl Stack {
         body: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
-        let mut req = Request::post(format!("/api/coupons/{coupon}/issue"))
+        let req = Request::post(format!("/api/coupons/{coupon}/issue"))
             .header("content-type", "application/json");
+        self.send(req, headers, Body::from(body.to_string())).await
+    }
+
+    /// Sends one request through the router: status, JSON body (`Null` if none) and headers.
+    async fn send(
+        &self,
+        mut req: axum::http::request::Builder,
+        headers: &[(&str, &str)],
+        body: Body,
+    ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
         let resp = self
             .app
             .clone()
-            .oneshot(req.body(Body::from(body.to_string())).expect("request"))
+            .oneshot(req.body(body).expect("request"))
             .await
             .expect("infallible");
         let status = resp.status();
@@ -353,21 +363,7 @@ impl Stack {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
-        let mut req = Request::get(path);
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        let resp = self
-            .app
-            .clone()
-            .oneshot(req.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let answer_headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        (status, json, answer_headers)
+        self.send(Request::get(path), headers, Body::empty()).await
     }
 
     /// The `status` a request's status resource answers (`unknown_request` when 404).
