@@ -34,7 +34,7 @@ struct Args {
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
     publish_timeout_ms: u64,
     /// Publishes in flight above which new events go through a second, lingering producer
-    /// (0, the default: group commit alone, see the README's benchmark).
+    /// (0, the default: group commit alone, see docs/measuring.md).
     #[arg(long, env = "BATCH_ABOVE_IN_FLIGHT", default_value_t = 0)]
     batch_above_in_flight: usize,
     /// How long a batched event may wait for others, in milliseconds.

@@ -221,7 +221,7 @@ pub fn grant(user: &str, operations: &[&str], resources: &[(&str, &str)]) {
     );
 }
 
-/// The least privilege each workload needs on one campaign (what the README lists).
+/// The least privilege each workload needs on one campaign (what docs/security.md lists).
 pub fn grant_campaign(campaign: &str) {
     let topic = topic_name(campaign);
     let dlq = dead_letter_topic(&topic);

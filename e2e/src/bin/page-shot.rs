@@ -1,5 +1,5 @@
 //! `page-shot PAGE.html [SHOT.png [MAX_HEIGHT]]`: opens a report page in headless chromium with no network,
-//! prints what it drew (charts, verdict, errors) and writes a full-page screenshot. The README's
+//! prints what it drew (charts, verdict, errors) and writes a full-page screenshot. The docs'
 //! screenshots come from here; the suite's browser tests use the same code.
 
 use std::path::PathBuf;
