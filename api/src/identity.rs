@@ -80,8 +80,36 @@ pub struct JwtVerifier {
     claim: String,
 }
 
+/// Why the JWT settings cannot verify anything: said at start, before serving.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("identity jwt needs --jwt-hs256-secret or --jwt-jwks-file")]
+    NoKeys,
+    #[error("the HS256 secret must be at least 32 bytes")]
+    ShortSecret,
+    #[error("--jwt-user-claim must name a claim")]
+    NoUserClaim,
+    #[error("JWKS file {}: {source}", path.display())]
+    JwksRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("JWKS file {}: {source}", path.display())]
+    JwksParse {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("JWKS file {}: every key needs an \"alg\"", path.display())]
+    JwksNoAlgorithm { path: std::path::PathBuf },
+    #[error("JWKS file {}: {source}", path.display())]
+    JwksKey {
+        path: std::path::PathBuf,
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
 impl Identity {
-    pub fn new(mode: &IdentityMode, jwt: &JwtSettings) -> Result<Self, String> {
+    pub fn new(mode: &IdentityMode, jwt: &JwtSettings) -> Result<Self, IdentityError> {
         Ok(match mode {
             IdentityMode::Body => Self::Body,
             IdentityMode::Header(name) => Self::Header(name.clone()),
@@ -123,11 +151,11 @@ impl Identity {
 }
 
 impl JwtVerifier {
-    pub fn new(s: &JwtSettings) -> Result<Self, String> {
+    pub fn new(s: &JwtSettings) -> Result<Self, IdentityError> {
         let mut keys = Vec::new();
         if let Some(secret) = &s.hs256_secret {
             if secret.len() < 32 {
-                return Err("the HS256 secret must be at least 32 bytes".into());
+                return Err(IdentityError::ShortSecret);
             }
             keys.push((
                 None,
@@ -136,29 +164,35 @@ impl JwtVerifier {
             ));
         }
         if let Some(file) = &s.jwks_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("JWKS file {}: {e}", file.display()))?;
-            let set: JwkSet = serde_json::from_str(&text)
-                .map_err(|e| format!("JWKS file {}: {e}", file.display()))?;
+            let path = || file.clone();
+            let text = std::fs::read_to_string(file).map_err(|source| IdentityError::JwksRead {
+                path: path(),
+                source,
+            })?;
+            let set: JwkSet =
+                serde_json::from_str(&text).map_err(|source| IdentityError::JwksParse {
+                    path: path(),
+                    source,
+                })?;
             for jwk in &set.keys {
                 let alg = jwk
                     .common
                     .key_algorithm
                     .as_ref()
                     .and_then(|a| Algorithm::from_str(&format!("{a:?}")).ok())
-                    .ok_or_else(|| {
-                        format!("JWKS file {}: every key needs an \"alg\"", file.display())
-                    })?;
-                let key = DecodingKey::from_jwk(jwk)
-                    .map_err(|e| format!("JWKS file {}: {e}", file.display()))?;
+                    .ok_or_else(|| IdentityError::JwksNoAlgorithm { path: path() })?;
+                let key = DecodingKey::from_jwk(jwk).map_err(|source| IdentityError::JwksKey {
+                    path: path(),
+                    source,
+                })?;
                 keys.push((jwk.common.key_id.clone(), key, alg));
             }
         }
         if keys.is_empty() {
-            return Err("identity jwt needs --jwt-hs256-secret or --jwt-jwks-file".into());
+            return Err(IdentityError::NoKeys);
         }
         if s.user_claim.is_empty() {
-            return Err("--jwt-user-claim must name a claim".into());
+            return Err(IdentityError::NoUserClaim);
         }
         Ok(Self {
             keys,
@@ -345,7 +379,7 @@ mod tests {
 
     #[test]
     fn jwt_settings_are_checked_at_start() {
-        let e = |s: JwtSettings| JwtVerifier::new(&s).err().expect("refused");
+        let e = |s: JwtSettings| JwtVerifier::new(&s).err().expect("refused").to_string();
         assert!(
             e(JwtSettings {
                 user_claim: "sub".into(),

@@ -7,7 +7,7 @@ use coupon_core::backoff::Backoff;
 use coupon_core::broker::{PublishFailure, Publisher};
 use coupon_core::campaign::CouponId;
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{Decision, Released, StockGate};
+use coupon_core::gate::{Decision, Released, Reserving};
 use serde::Serialize;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -28,7 +28,7 @@ pub struct Accepted {
 
 pub struct Issuer {
     pub campaign: String,
-    pub gate: Arc<dyn StockGate>,
+    pub gate: Arc<dyn Reserving>,
     pub publisher: Publisher,
     pub metrics: Metrics,
 }

@@ -28,12 +28,13 @@ use axum::{Extension, Json, Router};
 use coupon_core::broker::{PublishTimeouts, Publisher};
 use coupon_core::campaign::{CouponId, topic_name};
 use coupon_core::config::ConnectionArgs;
-use coupon_core::gate::{RedisGate, StockGate};
+use coupon_core::gate::{RedisGate, Reserving};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
+use crate::error::StartError;
 use crate::error::{ApiError, status_location};
 use crate::issue::Issuer;
 use crate::metrics::Metrics;
@@ -55,14 +56,14 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(campaign: &str, gate: Arc<dyn StockGate>, publisher: Publisher) -> Self {
+    pub fn new(campaign: &str, gate: Arc<dyn Reserving>, publisher: Publisher) -> Self {
         Self::with_admission(campaign, gate, publisher, Admission::default())
     }
 
     /// With an identity check, rate limits and load shedding.
     pub fn with_admission(
         campaign: &str,
-        gate: Arc<dyn StockGate>,
+        gate: Arc<dyn Reserving>,
         publisher: Publisher,
         admission: Admission,
     ) -> Self {
@@ -487,49 +488,51 @@ pub struct ApiConfig {
 pub async fn run(
     cfg: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     coupon_core::campaign::validate_name(&cfg.campaign)?;
     let identity = crate::identity::Identity::new(&cfg.identity, &cfg.jwt)?;
     let admission = Admission::new(identity, cfg.limits, cfg.client_address_header.clone());
-    let redis = cfg.backends.redis().map_err(|e| e.to_string())?;
-    let kafka = cfg.backends.kafka().map_err(|e| e.to_string())?;
-    let gate = RedisGate::connect(redis)
-        .await
-        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let redis = cfg.backends.redis()?;
+    let kafka = cfg.backends.kafka()?;
+    let gate = RedisGate::connect(redis).await.map_err(StartError::Redis)?;
     let topic = cfg
         .topic
         .clone()
         .unwrap_or_else(|| topic_name(&cfg.campaign));
     let publisher = Publisher::with_batching(&kafka, &topic, cfg.timeouts, cfg.batching)
-        .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        .map_err(StartError::Producer)?;
     let partitions = match publisher.check().await {
         Ok(partitions) => partitions,
-        Err(e) => {
+        Err(error) => {
             let why = coupon_core::broker::diagnose(&kafka).await;
-            return Err(format!(
-                "cannot reach Kafka at {} for topic {topic}: {e}{}",
-                kafka.brokers,
-                why.map(|w| format!("; {w}")).unwrap_or_default()
-            ));
+            return Err(StartError::Kafka {
+                brokers: kafka.brokers.clone(),
+                topic,
+                error,
+                why: why.map(|w| format!("; {w}")).unwrap_or_default(),
+            });
         }
     };
     let identity = admission.identity.label();
     let state =
         AppState::with_admission(&cfg.campaign, Arc::new(gate), publisher.clone(), admission);
-    if !state.refresh_catalog().await.map_err(|e| e.to_string())? {
+    if !state.refresh_catalog().await? {
         tracing::warn!(campaign = %cfg.campaign, "campaign not provisioned yet; answering 503 until it is");
     }
     state.spawn_catalog_refresh(Duration::from_secs(2));
     state.spawn_bucket_cleanup(Duration::from_secs(30));
     let listener = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
     tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, identity, limits = ?cfg.limits, "coupon-api serving");
     // A request ends within its publish deadline; a second more covers the gate's answer.
     let finish_within = cfg.timeouts.message + Duration::from_secs(1);
     serve(listener, state, shutdown, cfg.drain_delay, finish_within)
         .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .map_err(StartError::Serve)?;
     publisher.flush(Duration::from_secs(5));
     tracing::info!("coupon-api stopped");
     Ok(())

@@ -1,9 +1,7 @@
 //! The API's Prometheus metrics.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
-};
+use coupon_core::metrics::MetricRegistry;
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 /// Latency buckets from 250 µs to 5 s: the gate answers in well under a millisecond.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -13,7 +11,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricRegistry,
     pub requests: IntCounterVec,
     pub latency: HistogramVec,
     pub publish_latency: Histogram,
@@ -25,93 +23,55 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(campaign: &str) -> Self {
-        let registry = Registry::new();
-        let labels = |o: Opts| o.const_label("campaign", campaign);
-        let hlabels = |o: HistogramOpts| o.const_label("campaign", campaign);
-        let requests = IntCounterVec::new(
-            labels(Opts::new(
+        let r = MetricRegistry::new().with_label("campaign", campaign);
+        let m = Self {
+            requests: r.counter_vec(
                 "coupon_api_requests_total",
                 "Issue requests by outcome (accepted or the refusal code)",
-            )),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let latency = HistogramVec::new(
-            hlabels(
-                HistogramOpts::new(
-                    "coupon_api_request_duration_seconds",
-                    "Issue request latency by outcome",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["outcome"],
             ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let publish_latency = Histogram::with_opts(hlabels(
-            HistogramOpts::new(
+            latency: r.histogram_vec(
+                "coupon_api_request_duration_seconds",
+                "Issue request latency by outcome",
+                LATENCY_BUCKETS,
+                &["outcome"],
+            ),
+            publish_latency: r.histogram(
                 "coupon_api_publish_duration_seconds",
                 "Time from publish to the broker's acknowledgement",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        ))
-        .expect("valid metric");
-        let publish_failures = IntCounterVec::new(
-            labels(Opts::new(
+                LATENCY_BUCKETS,
+            ),
+            publish_failures: r.counter_vec(
                 "coupon_api_publish_failures_total",
                 "Publishes not acknowledged, by kind (refused: released; unknown: reconciled later)",
-            )),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let in_flight = IntGauge::with_opts(labels(Opts::new(
-            "coupon_api_in_flight_requests",
-            "Issue requests being processed",
-        )))
-        .expect("valid metric");
-        let client_gone = IntCounter::with_opts(labels(Opts::new(
-            "coupon_api_client_gone_total",
-            "Issue requests whose client hung up before the answer (each still ran to its end)",
-        )))
-        .expect("valid metric");
-        let producer_recreated = IntGauge::with_opts(labels(Opts::new(
-            "coupon_api_producer_recreated",
-            "Times the Kafka producer was replaced after a fatal error",
-        )))
-        .expect("valid metric");
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(latency.clone()),
-            Box::new(publish_latency.clone()),
-            Box::new(publish_failures.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(client_gone.clone()),
-            Box::new(producer_recreated.clone()),
-        ] {
-            registry.register(c).expect("metric registered once");
-        }
+                &["kind"],
+            ),
+            in_flight: r.gauge(
+                "coupon_api_in_flight_requests",
+                "Issue requests being processed",
+            ),
+            client_gone: r.counter(
+                "coupon_api_client_gone_total",
+                "Issue requests whose client hung up before the answer (each still ran to its end)",
+            ),
+            producer_recreated: r.gauge(
+                "coupon_api_producer_recreated",
+                "Times the Kafka producer was replaced after a fatal error",
+            ),
+            registry: r,
+        };
         // Every outcome exists from the start, so rate() sees the first refusal of each kind.
         for outcome in std::iter::once("accepted").chain(crate::error::ApiError::CODES) {
-            requests.with_label_values(&[outcome]);
-            latency.with_label_values(&[outcome]);
+            m.requests.with_label_values(&[outcome]);
+            m.latency.with_label_values(&[outcome]);
         }
         for kind in coupon_core::broker::PublishFailure::LABELS {
-            publish_failures.with_label_values(&[kind]);
+            m.publish_failures.with_label_values(&[kind]);
         }
-        Self {
-            registry,
-            requests,
-            latency,
-            publish_latency,
-            publish_failures,
-            in_flight,
-            client_gone,
-            producer_recreated,
-        }
+        m
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        self.registry.render()
     }
 }

@@ -1,6 +1,7 @@
 //! `couponctl bench`: the raw limits of Redis, the broker and the database next to what the
 //! system makes of them, measured in one run on one machine, with each ratio.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use coupon_core::campaign::{Campaign, consumer_group};
 use coupon_core::config::ConnectionArgs;
 use coupon_core::connections::KafkaConnection;
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
+use coupon_core::gate::{GateCoupon, Provisioning, RedisGate, Reserving};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Stores, provision};
 use futures::StreamExt;
@@ -116,13 +117,13 @@ pub struct BenchOptions {
     pub cluster_url: Option<String>,
 }
 
-fn sibling(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
     let path = exe.with_file_name(name);
     if path.exists() {
         Ok(path)
     } else {
-        Err(format!(
+        Err(anyhow::anyhow!(
             "{} not found next to couponctl; build all binaries first: cargo build --release",
             path.display()
         ))
@@ -162,7 +163,7 @@ impl Drop for Proc {
     }
 }
 
-fn spawn(bin: &str, args: &[&str], b: &ConnectionArgs) -> Result<Proc, String> {
+fn spawn(bin: &str, args: &[&str], b: &ConnectionArgs) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(sibling(bin)?);
     // KAFKA_CLIENT_* properties reach the children by inheritance.
     cmd.args(args)
@@ -171,117 +172,185 @@ fn spawn(bin: &str, args: &[&str], b: &ConnectionArgs) -> Result<Proc, String> {
         .stdout(Stdio::null());
     cmd.spawn()
         .map(Proc)
-        .map_err(|e| format!("cannot start {bin}: {e}"))
+        .with_context(|| format!("cannot start {bin}"))
 }
 
 fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
 
-pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> Result<BenchReport, String> {
-    let err = |e: coupon_core::Error| e.to_string();
+pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let run = coupon_report::run::RunInfo::now();
-    let stamp = Utc::now().format("%m%d%H%M%S").to_string();
-    let name = format!("bench-{stamp}");
-    let manifest = format!(
-        "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 3}}\n  coupons:\n    - {{ids: \"1-100\", name: \"bench {{id}}\", discount: 1000, quantity: 10000000}}\n"
-    );
-    let campaign = Campaign::from_yaml(&manifest).map_err(err)?;
-    let gate = Arc::new(
-        RedisGate::connect(b.redis().map_err(err)?)
-            .await
-            .map_err(err)?,
-    );
-    let ledger = Ledger::connect(b.database_url().map_err(err)?, 4)
-        .await
-        .map_err(err)?;
-    let kafka = b.kafka().map_err(err)?;
-    let admin = KafkaAdmin::new(&kafka).map_err(err)?;
-    provision(
-        &campaign,
-        &Stores {
-            gate: gate.as_ref(),
-            ledger: &ledger,
-            topics: &admin,
-            kafka: &kafka,
-            rebuild_after: coupon_core::provision::DELIVERY_GRACE,
+    let rig = Rig::provision(b).await?;
+    let raw = RawLimits::measure(&rig, opts.raw_ops).await?;
+    // The system: the API in max mode with no consumer (on each gate asked for), then the
+    // consumer drains the backlog.
+    let standalone = api_phase(b, &rig.name, &opts, "127.0.0.1:18181").await?;
+    let clustered = match &opts.cluster_url {
+        Some(url) => Some(cluster_phase(b, &rig, &opts, url).await?),
+        None => None,
+    };
+    let accepted = standalone.outcome.accepted.len();
+    // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
+    let consume_raw = raw_consume(&rig.kafka, &rig.campaign.topic(), accepted).await?;
+    let drain = drain_phase(b, &rig, accepted).await?;
+    if clustered.is_some() {
+        drain_unmeasured(b, &rig.kafka, &cluster_campaign(&rig.name)).await?;
+    }
+    let (cpu, costs) = cpu_table(&standalone, clustered.as_ref(), &drain);
+    let outcome = &standalone.outcome;
+    let h = &outcome.histogram;
+    Ok(BenchReport {
+        lines: ratio_lines(&raw, consume_raw, &standalone, clustered.as_ref(), &drain),
+        api_requests: outcome.requests(),
+        api_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        api_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        api_correct: standalone.correct && clustered.as_ref().is_none_or(|c| c.correct),
+        api_rss_mb: standalone.rss_mb,
+        consumer_rss_mb: drain.rss_mb,
+        cpu,
+        costs,
+        api_timeline: Timeline {
+            seconds: outcome.seconds.clone(),
+            load_end_s: outcome.elapsed.as_secs_f64(),
+            ..Timeline::default()
         },
-    )
-    .await
-    .map_err(err)?;
-    let mut lines = Vec::new();
-    let n = opts.raw_ops;
+        ledger: rig.ledger.backend().into(),
+        campaign: rig.name,
+        run,
+    })
+}
 
-    // Raw gate: the script on Redis, one at a time and pipelined (100 in flight).
-    let raw_campaign = format!("{name}-raw");
-    gate.ensure(
-        &raw_campaign,
-        1,
-        GateCoupon {
-            quantity: i64::MAX / 2,
-            starts_ms: 0,
-            ends_ms: 0,
-            shards: 1,
-        },
-        &[],
-    )
-    .await
-    .map_err(err)?;
+/// The bench's campaign, provisioned, and the connections every phase uses.
+struct Rig {
+    name: String,
+    campaign: Campaign,
+    gate: Arc<RedisGate>,
+    ledger: Ledger,
+    kafka: KafkaConnection,
+    admin: KafkaAdmin,
+}
+
+impl Rig {
+    async fn provision(b: &ConnectionArgs) -> anyhow::Result<Self> {
+        let name = format!("bench-{}", Utc::now().format("%m%d%H%M%S"));
+        let manifest = format!(
+            "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 3}}\n  coupons:\n    - {{ids: \"1-100\", name: \"bench {{id}}\", discount: 1000, quantity: 10000000}}\n"
+        );
+        let rig = Self {
+            campaign: Campaign::from_yaml(&manifest)?,
+            gate: Arc::new(RedisGate::connect(b.redis()?).await?),
+            ledger: Ledger::connect(b.database_url()?, 4).await?,
+            admin: KafkaAdmin::new(&b.kafka()?)?,
+            kafka: b.kafka()?,
+            name,
+        };
+        rig.provision_on(&rig.campaign, rig.gate.as_ref()).await?;
+        Ok(rig)
+    }
+
+    async fn provision_on(&self, campaign: &Campaign, gate: &RedisGate) -> anyhow::Result<()> {
+        let stores = Stores {
+            gate,
+            ledger: &self.ledger,
+            topics: &self.admin,
+            kafka: &self.kafka,
+            rebuild_after: coupon_core::provision::DELIVERY_GRACE,
+        };
+        provision(campaign, &stores).await?;
+        Ok(())
+    }
+
+    /// A scratch campaign for the raw measurements, beside the real one.
+    fn raw_campaign(&self) -> String {
+        format!("{}-raw", self.name)
+    }
+}
+
+/// What Redis, the broker and the database do alone, each with nothing of the system around it.
+struct RawLimits {
+    gate_serial: f64,
+    gate_pipelined: f64,
+    produce: f64,
+    insert: f64,
+}
+
+impl RawLimits {
+    async fn measure(rig: &Rig, n: usize) -> anyhow::Result<Self> {
+        let (gate_serial, gate_pipelined) = raw_gate(rig, n).await?;
+        Ok(Self {
+            gate_serial,
+            gate_pipelined,
+            produce: raw_produce(rig, n).await?,
+            insert: raw_inserts(rig, n).await?,
+        })
+    }
+}
+
+/// The gate script on Redis, one at a time and pipelined (100 in flight).
+async fn raw_gate(rig: &Rig, n: usize) -> anyhow::Result<(f64, f64)> {
+    let raw_campaign = rig.raw_campaign();
+    let unlimited = GateCoupon {
+        quantity: i64::MAX / 2,
+        starts_ms: 0,
+        ends_ms: 0,
+        shards: 1,
+    };
+    rig.gate.ensure(&raw_campaign, 1, unlimited, &[]).await?;
     let started = Instant::now();
     for user in 1..=(n / 10) as u64 {
-        gate.reserve(&raw_campaign, 1, user, Uuid::now_v7())
-            .await
-            .map_err(err)?;
+        rig.gate
+            .reserve(&raw_campaign, 1, user, Uuid::now_v7())
+            .await?;
     }
-    let gate_serial = rate(n / 10, started.elapsed());
+    let serial = rate(n / 10, started.elapsed());
     let started = Instant::now();
     let base = (n / 10) as u64;
     futures::stream::iter(1..=n as u64)
         .map(|u| {
-            let gate = gate.clone();
+            let gate = rig.gate.clone();
             let c = raw_campaign.clone();
             async move { gate.reserve(&c, 1, base + u, Uuid::now_v7()).await }
         })
         .buffer_unordered(100)
         .for_each(|_| async {})
         .await;
-    let gate_pipelined = rate(n, started.elapsed());
+    Ok((serial, rate(n, started.elapsed())))
+}
 
-    // Raw produce: the same idempotent producer, 1,000 in flight, to a scratch topic.
+/// The same idempotent producer, 1,000 in flight, to a scratch topic.
+async fn raw_produce(rig: &Rig, n: usize) -> anyhow::Result<f64> {
+    let raw_campaign = rig.raw_campaign();
     let raw_topic = format!("coupons.{raw_campaign}.scratch");
-    admin.ensure_topic(&raw_topic, 3).await.map_err(err)?;
-    let publisher = Publisher::new(&kafka, &raw_topic, PublishTimeouts::default()).map_err(err)?;
+    rig.admin.ensure_topic(&raw_topic, 3).await?;
+    let publisher = Publisher::new(&rig.kafka, &raw_topic, PublishTimeouts::default())?;
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
             let p = publisher.clone();
-            let c = raw_campaign.clone();
-            async move {
-                p.publish(&IssuanceEvent::new(
-                    Uuid::now_v7(),
-                    &c,
-                    1,
-                    i as u64 + 1,
-                    Utc::now(),
-                ))
-                .await
-            }
+            let event =
+                IssuanceEvent::new(Uuid::now_v7(), &raw_campaign, 1, i as u64 + 1, Utc::now());
+            async move { p.publish(&event).await }
         })
         .buffer_unordered(1000)
         .for_each(|_| async {})
         .await;
-    let produce_raw = rate(n, started.elapsed());
+    Ok(rate(n, started.elapsed()))
+}
 
-    // Raw batched inserts: 1,000-row transactions, nothing else.
-    let mut raw_ledger = campaign.clone();
+/// 1,000-row transactions, nothing else.
+async fn raw_inserts(rig: &Rig, n: usize) -> anyhow::Result<f64> {
+    let raw_campaign = rig.raw_campaign();
+    let mut raw_ledger = rig.campaign.clone();
     raw_ledger.name = raw_campaign.clone();
-    ledger.provision(&raw_ledger).await.map_err(err)?;
+    rig.ledger.provision(&raw_ledger).await?;
     let events: Vec<IssuanceEvent> = (0..n)
         .map(|i| {
+            let coupon = 1 + (i % 100) as u32;
             IssuanceEvent::new(
                 Uuid::now_v7(),
                 &raw_campaign,
-                1 + (i % 100) as u32,
+                coupon,
                 i as u64 + 1,
                 Utc::now(),
             )
@@ -289,64 +358,54 @@ pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> Result<BenchReport, 
         .collect();
     let started = Instant::now();
     for chunk in events.chunks(1000) {
-        ledger
-            .insert_rows_only(&raw_campaign, chunk)
-            .await
-            .map_err(err)?;
+        rig.ledger.insert_rows_only(&raw_campaign, chunk).await?;
     }
-    let insert_raw = rate(n, started.elapsed());
+    Ok(rate(n, started.elapsed()))
+}
 
-    // The system: the API in max mode with no consumer (on each gate asked for), then the
-    // consumer drains the backlog.
-    let standalone = api_phase(b, &name, &opts, "127.0.0.1:18181").await?;
-    // The same load with the gate on a Redis Cluster: a campaign of its own (the same name on
-    // another Redis would be a gate lost, rebuilt only after the delivery grace).
-    let cluster_name = format!("{name}-c");
-    let clustered = match &opts.cluster_url {
-        Some(url) => {
-            let on_cluster = ConnectionArgs {
-                redis: Some(url.clone()),
-                ..b.clone()
-            };
-            let cluster_gate = RedisGate::connect(on_cluster.redis().map_err(err)?)
-                .await
-                .map_err(err)?;
-            let mut on_its_own = campaign.clone();
-            on_its_own.name = cluster_name.clone();
-            on_its_own.spec.topic.name = None;
-            provision(
-                &on_its_own,
-                &Stores {
-                    gate: &cluster_gate,
-                    ledger: &ledger,
-                    topics: &admin,
-                    kafka: &kafka,
-                    rebuild_after: coupon_core::provision::DELIVERY_GRACE,
-                },
-            )
-            .await
-            .map_err(err)?;
-            Some(api_phase(&on_cluster, &cluster_name, &opts, "127.0.0.1:18182").await?)
-        }
-        None => None,
+/// The cluster phase's campaign: its own (the same name on another Redis would be a gate lost,
+/// rebuilt only after the delivery grace).
+fn cluster_campaign(name: &str) -> String {
+    format!("{name}-c")
+}
+
+/// The same load with the gate on a Redis Cluster.
+async fn cluster_phase(
+    b: &ConnectionArgs,
+    rig: &Rig,
+    opts: &BenchOptions,
+    url: &str,
+) -> anyhow::Result<ApiPhase> {
+    let on_cluster = ConnectionArgs {
+        redis: Some(url.to_string()),
+        ..b.clone()
     };
-    let accepted = standalone.outcome.accepted.len();
+    let cluster_gate = RedisGate::connect(on_cluster.redis()?).await?;
+    let mut on_its_own = rig.campaign.clone();
+    on_its_own.name = cluster_campaign(&rig.name);
+    on_its_own.spec.topic.name = None;
+    rig.provision_on(&on_its_own, &cluster_gate).await?;
+    api_phase(&on_cluster, &on_its_own.name, opts, "127.0.0.1:18182").await
+}
 
-    // Raw consume: the same backlog read by a fresh group, nothing written anywhere.
-    let consume_raw = raw_consume(&kafka, &campaign.topic(), accepted).await?;
+/// One consumer draining the API phase's backlog: its rate, CPU and memory.
+struct Drain {
+    rate: f64,
+    cpu: DrainCpu,
+    rss_mb: f64,
+}
 
-    let db_pids = procs::behind(
-        b.database_url.as_deref().unwrap_or_default(),
-        if ledger.backend() == "mysql" {
-            3306
-        } else {
-            5432
-        },
-    );
+async fn drain_phase(b: &ConnectionArgs, rig: &Rig, accepted: usize) -> anyhow::Result<Drain> {
+    let db_port = if rig.ledger.backend() == "mysql" {
+        3306
+    } else {
+        5432
+    };
+    let db_pids = procs::behind(b.database_url.as_deref().unwrap_or_default(), db_port);
     let broker_pids = procs::behind(b.kafka_brokers(), 9092);
     let consumer = spawn(
         "coupon-consumer",
-        &["--campaign", &name, "--metrics-listen", "127.0.0.1:0"],
+        &["--campaign", &rig.name, "--metrics-listen", "127.0.0.1:0"],
         b,
     )?;
     let cpu_before = (
@@ -354,18 +413,29 @@ pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> Result<BenchReport, 
         procs::cpu_seconds(&db_pids),
         procs::cpu_seconds(&broker_pids),
     );
-    // Timed from the first commit (the group join is not drain work) to zero lag. A backlog
-    // drained between two polls is timed from the last poll that saw it whole: a lower bound
-    // on the rate, where timing from the first commit would divide nothing by nothing.
-    let probe = LagProbe::new(&kafka, &consumer_group(&name)).map_err(err)?;
+    let rate = drain_rate(rig, accepted).await?;
+    let cpu = DrainCpu {
+        consumer: procs::cpu_seconds(&[consumer.0.id()]) - cpu_before.0,
+        database: (!db_pids.is_empty()).then(|| procs::cpu_seconds(&db_pids) - cpu_before.1),
+        broker: (!broker_pids.is_empty()).then(|| procs::cpu_seconds(&broker_pids) - cpu_before.2),
+    };
+    let rss_mb = consumer.peak_rss_mb();
+    consumer.stop();
+    Ok(Drain { rate, cpu, rss_mb })
+}
+
+/// Timed from the first commit (the group join is not drain work) to zero lag. A backlog
+/// drained between two polls is timed from the last poll that saw it whole: a lower bound on
+/// the rate, where timing from the first commit would divide nothing by nothing.
+async fn drain_rate(rig: &Rig, accepted: usize) -> anyhow::Result<f64> {
+    let probe = LagProbe::new(&rig.kafka, &consumer_group(&rig.name))?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut whole_at = Instant::now();
     let mut first: Option<(Instant, i64)> = None;
-    let drain_rate = loop {
+    loop {
         let lag: i64 = probe
-            .lag(&campaign.topic())
-            .await
-            .map_err(err)?
+            .lag(&rig.campaign.topic())
+            .await?
             .iter()
             .map(|l| l.lag)
             .sum();
@@ -380,143 +450,134 @@ pub async fn run(b: &ConnectionArgs, opts: BenchOptions) -> Result<BenchReport, 
                 Some((t, left)) if left > 0 => (t, left),
                 _ => (whole_at, accepted as i64),
             };
-            break left as f64 / t0.elapsed().as_secs_f64().max(1e-3);
+            return Ok(left as f64 / t0.elapsed().as_secs_f64().max(1e-3));
         }
         if Instant::now() > deadline {
-            return Err(format!("the consumer did not drain ({lag} left)"));
+            return Err(anyhow::anyhow!("the consumer did not drain ({lag} left)"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let drain_cpu = DrainCpu {
-        consumer: procs::cpu_seconds(&[consumer.0.id()]) - cpu_before.0,
-        database: (!db_pids.is_empty()).then(|| procs::cpu_seconds(&db_pids) - cpu_before.1),
-        broker: (!broker_pids.is_empty()).then(|| procs::cpu_seconds(&broker_pids) - cpu_before.2),
-    };
-    let consumer_rss_mb = consumer.peak_rss_mb();
+    }
+}
+
+/// Not measured: only so a phase's events reach its ledger too.
+async fn drain_unmeasured(
+    b: &ConnectionArgs,
+    kafka: &KafkaConnection,
+    campaign: &str,
+) -> anyhow::Result<()> {
+    let consumer = spawn(
+        "coupon-consumer",
+        &["--campaign", campaign, "--metrics-listen", "127.0.0.1:0"],
+        b,
+    )?;
+    let topic = coupon_core::campaign::topic_name(campaign);
+    let group = consumer_group(campaign);
+    let left =
+        coupon_core::broker::wait_drained(kafka, &group, &topic, Duration::from_secs(120)).await?;
     consumer.stop();
-    if clustered.is_some() {
-        // Not measured: only so the cluster phase's events reach its ledger too.
-        let consumer = spawn(
-            "coupon-consumer",
-            &[
-                "--campaign",
-                &cluster_name,
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-            b,
-        )?;
-        let cluster_topic = coupon_core::campaign::topic_name(&cluster_name);
-        let left = coupon_core::broker::wait_drained(
-            &kafka,
-            &consumer_group(&cluster_name),
-            &cluster_topic,
-            Duration::from_secs(120),
-        )
-        .await
-        .map_err(err)?;
-        consumer.stop();
-        if left > 0 {
-            return Err(format!(
-                "{cluster_topic}: the consumer did not drain ({left} left)"
-            ));
-        }
+    if left > 0 {
+        return Err(anyhow::anyhow!(
+            "{topic}: the consumer did not drain ({left} left)"
+        ));
     }
+    Ok(())
+}
+
+fn line(what: &str, system: f64, raw: f64, unit: &str) -> Line {
+    Line {
+        what: what.into(),
+        system,
+        raw,
+        unit: unit.into(),
+        ratio: system / raw,
+    }
+}
+
+/// Each of the system's figures next to the raw limit it stands on.
+fn ratio_lines(
+    raw: &RawLimits,
+    consume_raw: f64,
+    standalone: &ApiPhase,
+    clustered: Option<&ApiPhase>,
+    drain: &Drain,
+) -> Vec<Line> {
     let outcome = &standalone.outcome;
-    let answered = outcome.requests() as usize;
-    let api_rate = rate(answered, outcome.elapsed);
+    let api_rate = rate(outcome.requests() as usize, outcome.elapsed);
     let publish_rate = rate(outcome.accepted.len(), outcome.elapsed);
-    lines.push(Line {
-        what: "API answers vs gate script, pipelined".into(),
-        system: api_rate,
-        raw: gate_pipelined,
-        unit: "requests/s vs scripts/s".into(),
-        ratio: api_rate / gate_pipelined,
-    });
-    lines.push(Line {
-        what: "API answers vs gate script, one at a time".into(),
-        system: api_rate,
-        raw: gate_serial,
-        unit: "requests/s vs scripts/s".into(),
-        ratio: api_rate / gate_serial,
-    });
-    lines.push(Line {
-        what: "API publishes (202s) vs raw idempotent produce".into(),
-        system: publish_rate,
-        raw: produce_raw,
-        unit: "events/s".into(),
-        ratio: publish_rate / produce_raw,
-    });
-    lines.push(Line {
-        what: "consumer drain vs raw consume (no database)".into(),
-        system: drain_rate,
-        raw: consume_raw,
-        unit: "events/s".into(),
-        ratio: drain_rate / consume_raw,
-    });
-    lines.push(Line {
-        what: "consumer drain vs raw batched inserts".into(),
-        system: drain_rate,
-        raw: insert_raw,
-        unit: "events/s, 1000 per transaction".into(),
-        ratio: drain_rate / insert_raw,
-    });
-    if let Some(c) = &clustered {
+    let per_script = "requests/s vs scripts/s";
+    let mut lines = vec![
+        line(
+            "API answers vs gate script, pipelined",
+            api_rate,
+            raw.gate_pipelined,
+            per_script,
+        ),
+        line(
+            "API answers vs gate script, one at a time",
+            api_rate,
+            raw.gate_serial,
+            per_script,
+        ),
+        line(
+            "API publishes (202s) vs raw idempotent produce",
+            publish_rate,
+            raw.produce,
+            "events/s",
+        ),
+        line(
+            "consumer drain vs raw consume (no database)",
+            drain.rate,
+            consume_raw,
+            "events/s",
+        ),
+        line(
+            "consumer drain vs raw batched inserts",
+            drain.rate,
+            raw.insert,
+            "events/s, 1000 per transaction",
+        ),
+    ];
+    if let Some(c) = clustered {
         let cluster_rate = rate(c.outcome.requests() as usize, c.outcome.elapsed);
-        lines.push(Line {
-            what: "API answers, gate on the cluster vs one Redis".into(),
-            system: cluster_rate,
-            raw: api_rate,
-            unit: "requests/s".into(),
-            ratio: cluster_rate / api_rate,
-        });
+        lines.push(line(
+            "API answers, gate on the cluster vs one Redis",
+            cluster_rate,
+            api_rate,
+            "requests/s",
+        ));
     }
+    lines
+}
+
+/// CPU per 1,000 accepted requests, per phase and process, and the same per request for `plan`.
+fn cpu_table(
+    standalone: &ApiPhase,
+    clustered: Option<&ApiPhase>,
+    drain: &Drain,
+) -> (Vec<CpuLine>, plan::Costs) {
     let per_k = |secs: f64, n: usize| secs * 1000.0 / n.max(1) as f64 * 1000.0;
     let mut cpu = vec![standalone.cpu_line("one Redis", per_k)];
-    cpu.extend(
-        clustered
-            .as_ref()
-            .map(|c| c.cpu_line("Redis Cluster", per_k)),
-    );
-    let drained = accepted;
-    let drain = CpuLine {
+    cpu.extend(clustered.map(|c| c.cpu_line("Redis Cluster", per_k)));
+    let drained = standalone.outcome.accepted.len();
+    let drain_line = CpuLine {
         setup: "drain (one Redis)".into(),
         accepted: drained,
         api_ms: None,
         redis_ms: None,
-        broker_ms: drain_cpu.broker.map(|s| per_k(s, drained)),
-        consumer_ms: Some(per_k(drain_cpu.consumer, drained)),
-        database_ms: drain_cpu.database.map(|s| per_k(s, drained)),
+        broker_ms: drain.cpu.broker.map(|s| per_k(s, drained)),
+        consumer_ms: Some(per_k(drain.cpu.consumer, drained)),
+        database_ms: drain.cpu.database.map(|s| per_k(s, drained)),
     };
     let costs = plan::Costs {
         api_us: cpu[0].api_ms.unwrap_or(0.0),
         redis_us: cpu[0].redis_ms.unwrap_or(0.0),
-        broker_us: cpu[0].broker_ms.unwrap_or(0.0) + drain.broker_ms.unwrap_or(0.0),
-        consumer_us: drain.consumer_ms.unwrap_or(0.0),
-        database_us: drain.database_ms.unwrap_or(0.0),
-        drain_per_consumer: drain_rate,
+        broker_us: cpu[0].broker_ms.unwrap_or(0.0) + drain_line.broker_ms.unwrap_or(0.0),
+        consumer_us: drain_line.consumer_ms.unwrap_or(0.0),
+        database_us: drain_line.database_ms.unwrap_or(0.0),
+        drain_per_consumer: drain.rate,
     };
-    cpu.push(drain);
-    let h = &outcome.histogram;
-    Ok(BenchReport {
-        campaign: name,
-        ledger: ledger.backend().into(),
-        api_requests: answered as u64,
-        api_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        api_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        api_correct: standalone.correct && clustered.as_ref().is_none_or(|c| c.correct),
-        api_rss_mb: standalone.rss_mb,
-        consumer_rss_mb,
-        lines,
-        cpu,
-        costs,
-        api_timeline: Timeline {
-            seconds: outcome.seconds.clone(),
-            load_end_s: outcome.elapsed.as_secs_f64(),
-            ..Timeline::default()
-        },
-        run,
-    })
+    cpu.push(drain_line);
+    (cpu, costs)
 }
 
 /// The API under max load on one gate, with the CPU its processes spent.
@@ -555,7 +616,7 @@ async fn api_phase(
     name: &str,
     opts: &BenchOptions,
     listen: &str,
-) -> Result<ApiPhase, String> {
+) -> anyhow::Result<ApiPhase> {
     let redis_pids = procs::behind(b.redis_url(), 6379);
     let broker_pids = procs::behind(b.kafka_brokers(), 9092);
     let api = spawn("coupon-api", &["--campaign", name, "--listen", listen], b)?;
@@ -565,7 +626,7 @@ async fn api_phase(
         .is_ok_and(|r| r.status().is_success())
     {
         if Instant::now() > deadline {
-            return Err("coupon-api did not become ready".into());
+            return Err(anyhow::anyhow!("coupon-api did not become ready"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -612,24 +673,23 @@ async fn api_phase(
 }
 
 /// Reads `n` records of `topic` from the start with a throw-away group: the broker's delivery rate.
-async fn raw_consume(kafka: &KafkaConnection, topic: &str, n: usize) -> Result<f64, String> {
+async fn raw_consume(kafka: &KafkaConnection, topic: &str, n: usize) -> anyhow::Result<f64> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     let consumer: StreamConsumer = coupon_core::broker::client_config(kafka)
         .set("group.id", format!("bench-raw-{}", Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    consumer.subscribe(&[topic]).map_err(|e| e.to_string())?;
-    let first = consumer.recv().await.map_err(|e| e.to_string())?;
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let first = consumer.recv().await?;
     drop(first);
     let started = Instant::now();
     let mut seen = 1;
     while seen < n {
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
             Ok(Ok(_)) => seen += 1,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("raw consume stalled after {seen} of {n}")),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(anyhow::anyhow!("raw consume stalled after {seen} of {n}")),
         }
     }
     Ok(rate(seen - 1, started.elapsed()))

@@ -3,6 +3,7 @@
 //! broker (so the real producer and consumer paths run), SQLite as the ledger. The real API and
 //! consumer code serve on ephemeral ports; the seed scenario drives them over HTTP.
 
+use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,21 +37,21 @@ pub async fn run(
     campaign: &Campaign,
     load: impl FnOnce(String) -> LoadOptions,
     accepted: Option<&std::path::Path>,
-) -> Result<(Report, Running), String> {
+) -> anyhow::Result<(Report, Running)> {
     let topic = campaign.topic();
     // The mock cluster lives (and serves) as long as this function runs.
     let mut _mock = None;
     let (kafka, topics, broker): (KafkaConnection, Box<dyn TopicAdmin>, _) = match &b.kafka {
         Some(_) => {
-            let kafka = b.kafka().map_err(|e| e.to_string())?;
-            let admin = KafkaAdmin::new(&kafka).map_err(|e| e.to_string())?;
+            let kafka = b.kafka()?;
+            let admin = KafkaAdmin::new(&kafka)?;
             (kafka, Box::new(admin), "Kafka")
         }
         None => {
-            let mock = MockCluster::new(1).map_err(|e| format!("mock cluster: {e}"))?;
+            let mock = MockCluster::new(1).context("mock cluster")?;
             mock.create_topic(&topic, campaign.spec.topic.partitions, 1)
                 .and_then(|()| mock.create_topic(&dead_letter_topic(&topic), 1, 1))
-                .map_err(|e| format!("mock topics: {e}"))?;
+                .context("mock topics")?;
             let brokers = mock.bootstrap_servers();
             _mock = Some(mock);
             (
@@ -62,11 +63,7 @@ pub async fn run(
     };
     let (gate, gate_kind): (Arc<dyn StockGate>, _) = match &b.redis {
         Some(_) => (
-            Arc::new(
-                RedisGate::connect(b.redis().map_err(|e| e.to_string())?)
-                    .await
-                    .map_err(|e| format!("redis: {e}"))?,
-            ),
+            Arc::new(RedisGate::connect(b.redis()?).await.context("redis")?),
             "Redis",
         ),
         None => (Arc::new(MemoryGate::new()), "in-process gate"),
@@ -76,15 +73,13 @@ pub async fn run(
         Some(url) => (url.clone(), "database"),
         None => {
             let dir = std::env::temp_dir().join(format!("couponctl-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+            std::fs::create_dir_all(&dir).context("temp dir")?;
             let url = format!("sqlite:{}", dir.join("ledger.db").display());
             _dir = TempDir(dir);
             (url, "SQLite")
         }
     };
-    let ledger = Ledger::connect(&ledger_url, 4)
-        .await
-        .map_err(|e| format!("ledger: {e}"))?;
+    let ledger = Ledger::connect(&ledger_url, 4).await.context("ledger")?;
     provision(
         campaign,
         &Stores {
@@ -96,17 +91,16 @@ pub async fn run(
         },
     )
     .await
-    .map_err(|e| format!("provision: {e}"))?;
+    .context("provision")?;
 
     let stop = CancellationToken::new();
-    let publisher =
-        Publisher::new(&kafka, &topic, PublishTimeouts::default()).map_err(|e| e.to_string())?;
+    let publisher = Publisher::new(&kafka, &topic, PublishTimeouts::default())?;
     let state = AppState::new(&campaign.name, gate.clone(), publisher);
-    state.refresh_catalog().await.map_err(|e| e.to_string())?;
+    state.refresh_catalog().await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
-        .map_err(|e| format!("listen: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .context("listen")?;
+    let addr = listener.local_addr()?;
     let api = tokio::spawn(coupon_api::serve(
         listener,
         state,
@@ -118,8 +112,7 @@ pub async fn run(
         ConsumerConfig::new(&kafka, &campaign.name),
         ledger.clone(),
         stop.clone(),
-    )
-    .map_err(|e| e.to_string())?
+    )?
     .marking_stored(gate.clone());
     let consumer = tokio::spawn(worker.run());
 

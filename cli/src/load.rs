@@ -1,6 +1,7 @@
 //! The load generator: drives the API over HTTP like the seed's k6 test (or harder), records
 //! every accepted request id, and measures latency with HdrHistogram.
 
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -401,12 +402,12 @@ async fn closed_loop(shared: Arc<Shared>) -> WorkerLog {
 }
 
 /// Runs the load; answers go to `recorder` second by second as well.
-pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutcome, String> {
+pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> anyhow::Result<LoadOutcome> {
     if opts.coupons.is_empty() {
-        return Err("no coupons to request".into());
+        return Err(anyhow::anyhow!("no coupons to request"));
     }
     if opts.targets.is_empty() {
-        return Err("no API to send requests to".into());
+        return Err(anyhow::anyhow!("no API to send requests to"));
     }
     let connections = match opts.scenario {
         Scenario::Seed => SEED_STAGES.iter().map(|(_, v)| *v).max().unwrap_or(1),
@@ -417,7 +418,7 @@ pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutco
         .timeout(Duration::from_secs(30))
         .tcp_nodelay(true)
         .build()
-        .map_err(|e| format!("http client: {e}"))?;
+        .context("http client")?;
     let total = match opts.scenario {
         Scenario::Seed => seed_duration(opts.time_scale),
         _ => opts.duration,
@@ -496,7 +497,7 @@ pub async fn run(opts: LoadOptions, recorder: Arc<Recorder>) -> Result<LoadOutco
         sold_out: Vec::new(),
     };
     for t in tasks {
-        let log = t.await.map_err(|e| format!("load worker failed: {e}"))?;
+        let log = t.await.context("load worker failed")?;
         if let Some(h) = &log.histogram {
             let _ = outcome.histogram.add(h);
         }

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use coupon_core::broker::{KafkaAdmin, LagProbe, wait_drained};
 use coupon_core::campaign::{Campaign, consumer_group, topic_name};
@@ -223,13 +224,12 @@ impl LoadArgs {
     }
 
     /// Prints the report; the exit status says whether every invariant held.
-    fn finish(&self, report: &report::Report) -> Result<ExitCode, coupon_core::Error> {
+    fn finish(&self, report: &report::Report) -> anyhow::Result<ExitCode> {
         if let Some(path) = &self.markdown {
             write(path, &report.render_markdown())?;
         }
         if let Some(path) = &self.html {
-            let html = page::drop_page(report)
-                .map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
+            let html = page::drop_page(report).context("drawing the report page")?;
             write(path, &html)?;
         }
         if self.json {
@@ -245,18 +245,18 @@ impl LoadArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 30s or 2m"))?;
+        .map_err(|_| anyhow::anyhow!("{s:?} is not a duration like 30s or 2m"))?;
     match unit {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!("{s:?} is not a duration like 30s or 2m")),
+        _ => Err(anyhow::anyhow!("{s:?} is not a duration like 30s or 2m")),
     }
 }
 
@@ -271,18 +271,20 @@ async fn main() -> ExitCode {
     match execute(&backends, command).await {
         Ok(code) => code,
         Err(e) => {
-            let e = match backends.kafka() {
-                Ok(kafka) => coupon_core::broker::explain(&kafka, e).await,
-                Err(_) => e,
+            // A Kafka error gets what librdkafka said about the connection.
+            let e = match (e.downcast::<coupon_core::Error>(), backends.kafka()) {
+                (Ok(core), Ok(kafka)) => coupon_core::broker::explain(&kafka, core).await.into(),
+                (Ok(core), Err(_)) => core.into(),
+                (Err(other), _) => other,
             };
-            eprintln!("couponctl: {e}");
+            eprintln!("couponctl: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
 /// One function per subcommand, each on its own screen.
-async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupon_core::Error> {
+async fn execute(b: &ConnectionArgs, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Provision { file, json } => run_provision(b, file, json).await,
         Command::Verify {
@@ -338,11 +340,7 @@ async fn execute(b: &ConnectionArgs, command: Command) -> Result<ExitCode, coupo
 }
 
 /// `couponctl provision`.
-async fn run_provision(
-    b: &ConnectionArgs,
-    file: PathBuf,
-    json: bool,
-) -> Result<ExitCode, coupon_core::Error> {
+async fn run_provision(b: &ConnectionArgs, file: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     let (redis, kafka) = (b.redis()?, b.kafka()?);
     let campaign = Campaign::from_yaml(&read(&file)?)?;
     let gate = RedisGate::connect(&redis).await?;
@@ -375,7 +373,7 @@ async fn run_verify(
     file: Option<PathBuf>,
     wait_drain: u64,
     json: bool,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let (redis, kafka) = (b.redis()?, b.kafka()?);
     let spec = match &file {
         Some(f) => {
@@ -433,7 +431,7 @@ async fn run_demo(
     file: Option<PathBuf>,
     time_scale: f64,
     load: LoadArgs,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let text = match &file {
         Some(f) => read(f)?,
         None => demo::SEED_CAMPAIGN.to_string(),
@@ -450,8 +448,7 @@ async fn run_demo(
         |target| load.options(vec![target], time_scale, &coupons),
         load.accepted.as_deref(),
     )
-    .await
-    .map_err(coupon_core::Error::Unexpected)?;
+    .await?;
     if !load.json {
         println!(
             "couponctl demo: gate = {}, broker = {}, ledger = {}; real coupon-api and coupon-consumer code",
@@ -479,7 +476,7 @@ fn run_plan(
     api_pod_cores: f64,
     consumer_pod_cores: f64,
     json: bool,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let (costs, source) = match &from {
         Some(path) => (read_costs(path)?, path.display().to_string()),
         None => (plan::Costs::REFERENCE, "reference machine".to_string()),
@@ -498,7 +495,8 @@ fn run_plan(
     if !valid {
         return Err(coupon_core::Error::Config(
             "--issued-share must be within 0..1, --utilisation within (0, 1] and pod cores positive".into(),
-        ));
+        )
+        .into());
     }
     let rates = if rates.is_empty() {
         vec![10_000.0, 100_000.0, 1_000_000.0]
@@ -523,7 +521,7 @@ async fn run_bench(
     cluster_url: Option<String>,
     json: bool,
     html: Option<PathBuf>,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let report = bench::run(
         b,
         bench::BenchOptions {
@@ -533,11 +531,9 @@ async fn run_bench(
             cluster_url,
         },
     )
-    .await
-    .map_err(coupon_core::Error::Unexpected)?;
+    .await?;
     if let Some(path) = &html {
-        let page =
-            page::bench_page(&report).map_err(|e| coupon_core::Error::Unexpected(e.to_string()))?;
+        let page = page::bench_page(&report).context("drawing the bench page")?;
         write(path, &page)?;
     }
     if json {
@@ -555,13 +551,13 @@ async fn run_load(
     campaign: String,
     time_scale: f64,
     load: LoadArgs,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let (redis, kafka) = (b.redis()?, b.kafka()?);
     let gate = RedisGate::connect(&redis).await?;
     let ledger = Ledger::connect(b.database_url()?, 2).await?;
     let coupons = ledger.coupon_quantities(&campaign).await?;
     if coupons.is_empty() {
-        return Err(coupon_core::Error::NotProvisioned(campaign));
+        return Err(coupon_core::Error::NotProvisioned(campaign).into());
     }
     let topic = topic_name(&campaign);
     let books = report::SystemUnderTest {
@@ -580,8 +576,7 @@ async fn run_load(
         load.options(targets, time_scale, &coupons),
         load.accepted.as_deref(),
     )
-    .await
-    .map_err(coupon_core::Error::Unexpected)?;
+    .await?;
     report.run.backends = vec![
         ("API".into(), target.join(", ")),
         ("gate".into(), without_credentials(b.redis_url())),
@@ -598,7 +593,7 @@ async fn run_reconcile(
     min_age: u64,
     wait_drain: u64,
     json: bool,
-) -> Result<ExitCode, coupon_core::Error> {
+) -> anyhow::Result<ExitCode> {
     let (redis, kafka) = (b.redis()?, b.kafka()?);
     let gate: Arc<dyn StockGate> = Arc::new(RedisGate::connect(&redis).await?);
     let ledger = Ledger::connect(b.database_url()?, 2).await?;
@@ -630,15 +625,12 @@ async fn run_reconcile(
     })
 }
 
-fn write(path: &std::path::Path, text: &str) -> Result<(), coupon_core::Error> {
-    std::fs::write(path, text).map_err(|e| {
-        coupon_core::Error::Unexpected(format!("cannot write {}: {e}", path.display()))
-    })
+fn write(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn read(path: &PathBuf) -> Result<String, coupon_core::Error> {
-    std::fs::read_to_string(path)
-        .map_err(|e| coupon_core::Error::Unexpected(format!("cannot read {}: {e}", path.display())))
+fn read(path: &PathBuf) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// A URL for the report: user and password dropped.

@@ -1,13 +1,14 @@
 //! The drop report, in the shape of the seed's sections 4 (requests), 5 (consumer), 6 (integrity)
 //! and 7 (summary): a terminal table for people, Markdown for documents, JSON for machines.
 
+use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use coupon_core::broker::LagProbe;
 use coupon_core::campaign::{CouponId, consumer_group};
-use coupon_core::gate::StockGate;
+use coupon_core::gate::GateView;
 use coupon_core::ledger::Ledger;
 use coupon_core::verify::{AcceptedLog, Status, VerifyInput, VerifyReport, verify};
 use coupon_report::recorder::Recorder;
@@ -24,7 +25,7 @@ pub struct SystemUnderTest<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
     pub kafka: &'a coupon_core::connections::KafkaConnection,
-    pub gate: &'a dyn StockGate,
+    pub gate: &'a dyn GateView,
     pub ledger: &'a Ledger,
 }
 
@@ -112,10 +113,10 @@ pub async fn load_and_report(
     books: &SystemUnderTest<'_>,
     opts: LoadOptions,
     accepted_file: Option<&std::path::Path>,
-) -> Result<Report, String> {
+) -> anyhow::Result<Report> {
     let group = consumer_group(books.campaign);
-    let probe = LagProbe::new(books.kafka, &group).map_err(|e| e.to_string())?;
-    let before = probe.lag(books.topic).await.map_err(|e| e.to_string())?;
+    let probe = LagProbe::new(books.kafka, &group)?;
+    let before = probe.lag(books.topic).await?;
     let run = RunInfo::now();
     let recorder = Arc::new(Recorder::new());
     let lag = Arc::new(Mutex::new(Vec::new()));
@@ -153,7 +154,7 @@ pub async fn load_and_report(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let after = probe.lag(books.topic).await.map_err(|e| e.to_string())?;
+    let after = probe.lag(books.topic).await?;
     let partitions = shares(&before, &after);
     let log = AcceptedLog {
         accepted: outcome.accepted.iter().copied().collect(),
@@ -161,7 +162,7 @@ pub async fn load_and_report(
     };
     if let Some(path) = accepted_file {
         std::fs::write(path, load::accepted_log(&outcome))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let integrity = verify(
         &VerifyInput {
@@ -174,13 +175,8 @@ pub async fn load_and_report(
         books.gate,
         books.ledger,
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    let users = books
-        .ledger
-        .distinct_users(books.campaign)
-        .await
-        .map_err(|e| e.to_string())?;
+    .await?;
+    let users = books.ledger.distinct_users(books.campaign).await?;
     let timeline = Timeline {
         seconds: outcome.seconds.clone(),
         lag: lag_samples,
@@ -206,8 +202,8 @@ async fn sample_lag(
     probe: &LagProbe,
     topic: &str,
     recorder: &Recorder,
-) -> Result<LagSample, String> {
-    let mut lags = probe.lag(topic).await.map_err(|e| e.to_string())?;
+) -> anyhow::Result<LagSample> {
+    let mut lags = probe.lag(topic).await?;
     lags.sort_by_key(|p| p.partition);
     Ok(LagSample {
         at_s: recorder.elapsed().as_secs_f64(),

@@ -94,7 +94,7 @@ fn provision_verify_and_a_broken_ledger_fails_verification() {
     // A reservation whose API died before publishing: `reconcile` finds it and releases it.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        use coupon_core::gate::{Decision, RedisGate, StockGate};
+        use coupon_core::gate::{Decision, RedisGate, Reserving};
         let gate = RedisGate::connect(&env_or("REDIS_URL", "redis://127.0.0.1:6379"))
             .await
             .expect("redis");

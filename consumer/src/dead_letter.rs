@@ -32,7 +32,11 @@ impl DeadLetters {
     }
 
     /// Publishes the original bytes with the reason and origin as headers; resolves on ack.
-    pub async fn send(&self, m: &OwnedMessage, reason: &PoisonReason) -> Result<(), String> {
+    pub async fn send(
+        &self,
+        m: &OwnedMessage,
+        reason: &PoisonReason,
+    ) -> Result<(), rdkafka::error::KafkaError> {
         let partition = m.partition().to_string();
         let offset = m.offset().to_string();
         let detail = reason.to_string();
@@ -67,6 +71,6 @@ impl DeadLetters {
             .send(record, Timeout::After(Duration::from_secs(10)))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
+            .map_err(|(e, _)| e)
     }
 }

@@ -16,7 +16,7 @@ use coupon_core::backoff::Backoff;
 use coupon_core::broker::{LagProbe, client_config};
 use coupon_core::campaign::{consumer_group, dead_letter_topic, topic_name};
 use coupon_core::connections::{KafkaConnection, RedisConnection};
-use coupon_core::gate::{RedisGate, StockGate, StoredMark};
+use coupon_core::gate::{RedisGate, StoredMark, StoredMarks};
 use coupon_core::ledger::Ledger;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, Rebalance, StreamConsumer};
@@ -122,7 +122,7 @@ impl ConsumerConfig {
 pub struct Worker {
     cfg: ConsumerConfig,
     /// Where committed requests are marked stored for their status; `None` marks nothing.
-    marks: Option<Arc<dyn StockGate>>,
+    marks: Option<Arc<dyn StoredMarks>>,
     consumer: StreamConsumer<ConsumerContext>,
     ledger: Ledger,
     dead_letters: DeadLetters,
@@ -172,7 +172,7 @@ impl Worker {
 
     /// Marks every committed request stored in `gate`, so its status reads `issued` at once
     /// rather than when settlement gets to it.
-    pub fn marking_stored(mut self, gate: Arc<dyn StockGate>) -> Self {
+    pub fn marking_stored(mut self, gate: Arc<dyn StoredMarks>) -> Self {
         self.marks = Some(gate);
         self
     }
@@ -381,19 +381,13 @@ pub async fn run(
     gate: Option<RedisConnection>,
     stop: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    coupon_core::campaign::validate_name(&cfg.campaign).map_err(coupon_core::Error::Unexpected)?;
+    coupon_core::campaign::validate_name(&cfg.campaign).map_err(coupon_core::Error::from)?;
     let ledger = Ledger::connect(database_url, db_connections).await?;
     let partitions = match coupon_core::broker::partition_count(&cfg.kafka, &cfg.topic()).await {
         Ok(p) => p,
         Err(e) => return Err(coupon_core::broker::explain(&cfg.kafka, e).await.into()),
     };
-    partitions.ok_or_else(|| {
-        coupon_core::Error::Unexpected(format!(
-            "topic {} does not exist on {}; provision the campaign first",
-            cfg.topic(),
-            cfg.kafka.brokers
-        ))
-    })?;
+    partitions.ok_or_else(|| coupon_core::Error::TopicMissing(cfg.topic()))?;
     let worker = Worker::new(cfg, ledger, stop)?;
     let worker = match gate {
         None => worker,

@@ -313,9 +313,10 @@ impl Publisher {
             let mut partitions = 0;
             for producer in &producers {
                 if let Some((code, reason)) = producer.client().fatal_error() {
-                    return Err(Error::Unexpected(format!(
-                        "producer in a fatal state ({code:?}): {reason}"
-                    )));
+                    return Err(Error::ProducerFatal {
+                        code: format!("{code:?}"),
+                        reason,
+                    });
                 }
                 let md = producer
                     .client()
@@ -325,16 +326,13 @@ impl Publisher {
                         t.partitions().len() as i32
                     }
                     _ => {
-                        return Err(Error::Unexpected(format!(
-                            "topic {topic} does not exist; provision the campaign first"
-                        )));
+                        return Err(Error::TopicMissing(topic));
                     }
                 };
             }
             Ok(partitions)
         })
-        .await
-        .map_err(|e| Error::Unexpected(e.to_string()))?
+        .await?
     }
 
     /// `(partition, offset)` once the broker acknowledged the event.
@@ -431,7 +429,11 @@ impl TopicAdmin for KafkaAdmin {
                         Ok(_) => {}
                         Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                         Err((t, code)) => {
-                            return Err(Error::Unexpected(format!("creating topic {t}: {code}")));
+                            return Err(Error::TopicRefused {
+                                action: "create",
+                                topic: t,
+                                code,
+                            });
                         }
                     }
                 }
@@ -454,7 +456,11 @@ impl TopicAdmin for KafkaAdmin {
                     other => other?,
                 };
                 for r in results {
-                    r.map_err(|(t, code)| Error::Unexpected(format!("growing topic {t}: {code}")))?;
+                    r.map_err(|(topic, code)| Error::TopicRefused {
+                        action: "grow",
+                        topic,
+                        code,
+                    })?;
                 }
                 Ok(TopicChange::Grown {
                     from: live,
@@ -482,10 +488,7 @@ impl TopicAdmin for PreCreatedTopics {
                 "grow topic {topic} from {live} to {partitions} partitions"
             ))),
             Some(live) => Ok(TopicChange::Unchanged { partitions: live }),
-            None => Err(Error::Unexpected(format!(
-                "topic {topic} does not exist on {}",
-                self.0
-            ))),
+            None => Err(Error::TopicMissing(topic.to_string())),
         }
     }
 }
@@ -570,9 +573,7 @@ pub async fn group_lag(
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Unexpected(format!("blocking task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Why the broker does not answer, in librdkafka's own words: a short-lived client records what

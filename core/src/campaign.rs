@@ -105,13 +105,22 @@ impl fmt::Display for CouponIds {
     }
 }
 
+/// Why a coupon id range does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadCouponIds {
+    #[error("coupon id {0:?} is not a positive integer")]
+    NotAnInteger(String),
+    #[error("coupon ids {0:?} must be positive and ascending (e.g. \"1-20\")")]
+    NotAscending(String),
+}
+
 impl std::str::FromStr for CouponIds {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadCouponIds;
+    fn from_str(s: &str) -> Result<Self, BadCouponIds> {
         let parse = |p: &str| {
             p.trim()
                 .parse::<CouponId>()
-                .map_err(|_| format!("coupon id {p:?} is not a positive integer"))
+                .map_err(|_| BadCouponIds::NotAnInteger(p.to_string()))
         };
         let (first, last) = match s.split_once('-') {
             Some((a, b)) => (parse(a)?, parse(b)?),
@@ -121,9 +130,7 @@ impl std::str::FromStr for CouponIds {
             }
         };
         if first == 0 || last < first {
-            return Err(format!(
-                "coupon ids {s:?} must be positive and ascending (e.g. \"1-20\")"
-            ));
+            return Err(BadCouponIds::NotAscending(s.to_string()));
         }
         Ok(Self { first, last })
     }
@@ -231,7 +238,7 @@ impl Campaign {
     pub fn new(name: String, spec: CampaignSpec) -> Result<Self, Error> {
         let mut problems = Vec::new();
         if let Err(e) = validate_name(&name) {
-            problems.push(e);
+            problems.push(e.to_string());
         }
         problems.extend(validate_spec(&spec));
         if problems.is_empty() {
@@ -312,7 +319,7 @@ pub fn consumer_group(campaign: &str) -> String {
 }
 
 /// Campaign names end up in Redis keys, topic names and Kubernetes object names: a DNS label.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), BadCampaignName> {
     let ok = !name.is_empty()
         && name.len() <= 50
         && name
@@ -323,11 +330,15 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "campaign name {name:?} must be 1-50 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-        ))
+        Err(BadCampaignName(name.to_string()))
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "campaign name {0:?} must be 1-50 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+)]
+pub struct BadCampaignName(pub String);
 
 fn validate_spec(spec: &CampaignSpec) -> Vec<String> {
     let mut problems = Vec::new();

@@ -87,7 +87,7 @@ impl ConnectionArgs {
 
     pub fn database_url(&self) -> Result<&str> {
         self.database_url.as_deref().ok_or_else(|| {
-            Error::Unexpected("no database: pass --database-url or set DATABASE_URL".into())
+            Error::Config("no database: pass --database-url or set DATABASE_URL".into())
         })
     }
 }

@@ -120,8 +120,17 @@ fn env_property(var: &str) -> Option<String> {
     )
 }
 
+/// A properties line that is not `key=value`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadProperty {
+    #[error("line {0}: expected key=value")]
+    NoSeparator(usize),
+    #[error("line {0}: empty key")]
+    EmptyKey(usize),
+}
+
 /// Parses `key=value` / `key: value` lines; blank lines and `#`/`!` comments are skipped.
-pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>, String> {
+pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>, BadProperty> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -129,11 +138,11 @@ pub fn parse_properties(text: &str) -> std::result::Result<Vec<(String, String)>
             continue;
         }
         let Some(at) = line.find(['=', ':']) else {
-            return Err(format!("line {}: expected key=value", n + 1));
+            return Err(BadProperty::NoSeparator(n + 1));
         };
         let (key, value) = (line[..at].trim(), line[at + 1..].trim());
         if key.is_empty() {
-            return Err(format!("line {}: empty key", n + 1));
+            return Err(BadProperty::EmptyKey(n + 1));
         }
         out.push((key.to_string(), value.to_string()));
     }
@@ -273,12 +282,7 @@ impl RedisConnection {
         };
         tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
             .await
-            .map_err(|_| {
-                Error::Unexpected(format!(
-                    "redis at {} did not answer within 5 s",
-                    redact(&self.url)
-                ))
-            })?
+            .map_err(|_| Error::RedisTimeout(redact(&self.url)))?
     }
 }
 
@@ -499,7 +503,7 @@ mod tests {
         );
         assert_eq!(
             parse_properties("ok=1\nno separator here\n").expect_err("refused"),
-            "line 2: expected key=value"
+            BadProperty::NoSeparator(2)
         );
     }
 

@@ -65,12 +65,43 @@ pub enum Error {
     NotProvisioned(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    CampaignName(#[from] crate::campaign::BadCampaignName),
     /// The ledger holds a request id that is not a UUID (written by something else than the
     /// consumer): named, never skipped, since a skipped row would be a coupon nobody counts.
     #[error("the ledger's row {row} holds a request id that is not a UUID: {value:?}")]
     BadRequestId { row: String, value: String },
-    #[error("{0}")]
-    Unexpected(String),
+    /// A Redis reply or record the gate's scripts and this version do not agree on (written by
+    /// another version, or by hand).
+    #[error("the gate answered what this version cannot read: {0}")]
+    GateProtocol(String),
+    #[error("the in-process gate's lock was poisoned by a panic")]
+    GatePoisoned,
+    #[error("redis at {0} did not answer within 5 s")]
+    RedisTimeout(String),
+    #[error("kafka producer in a fatal state ({code}): {reason}")]
+    ProducerFatal { code: String, reason: String },
+    #[error("topic {0} does not exist; provision the campaign first")]
+    TopicMissing(String),
+    #[error("the broker refused to {action} topic {topic}: {code}")]
+    TopicRefused {
+        action: &'static str,
+        topic: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+    #[error("{path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} line {line}: {value:?} is not a request id")]
+    BadLogLine {
+        what: &'static str,
+        line: usize,
+        value: String,
+    },
+    #[error("a blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Error {
@@ -78,7 +109,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Self::CampaignParse(_) => "campaign_parse",
-            Self::CampaignInvalid(_) => "campaign_invalid",
+            Self::CampaignInvalid(_) | Self::CampaignName(_) => "campaign_invalid",
             Self::Redis(_) => "redis",
             Self::Database(_) => "database",
             Self::Migrate(_) => "migrate",
@@ -93,8 +124,23 @@ impl Error {
             Self::NotProvisioned(_) => "not_provisioned",
             Self::Config(_) => "config",
             Self::BadRequestId { .. } => "bad_request_id",
-            Self::Unexpected(_) => "unexpected",
+            Self::GateProtocol(_) | Self::GatePoisoned => "gate_protocol",
+            Self::RedisTimeout(_) => "redis",
+            Self::ProducerFatal { .. } | Self::TopicMissing(_) | Self::TopicRefused { .. } => {
+                "kafka"
+            }
+            Self::File { .. } => "file",
+            Self::BadLogLine { .. } => "bad_log_line",
+            Self::Task(_) => "task",
         }
+    }
+}
+
+impl Error {
+    /// A file that could not be read or written, named.
+    pub fn file(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::File { path, source }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod event;
 pub mod gate;
 pub mod ids;
 pub mod ledger;
+pub mod metrics;
 pub mod provision;
 pub mod settlement;
 pub mod verify;

@@ -4,7 +4,7 @@
 use crate::broker::{TopicAdmin, TopicChange, group_lag};
 use crate::campaign::{Campaign, CouponId, consumer_group, dead_letter_topic};
 use crate::error::{Error, Result};
-use crate::gate::{Ensured, GateCoupon, StockGate};
+use crate::gate::{Ensured, GateCoupon, Provisioning};
 use crate::ledger::{Ledger, RowChange};
 
 /// The default of [`Stores::rebuild_after`] and of settlement's minimum age: three times the
@@ -13,7 +13,7 @@ pub const DELIVERY_GRACE: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Where provisioning writes.
 pub struct Stores<'a> {
-    pub gate: &'a dyn StockGate,
+    pub gate: &'a dyn Provisioning,
     pub ledger: &'a Ledger,
     pub topics: &'a dyn TopicAdmin,
     pub kafka: &'a crate::connections::KafkaConnection,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::broker::{LagProbe, drained_past, end_offsets};
 use crate::campaign::CouponId;
 use crate::error::Result;
-use crate::gate::{Released, Reservation, StockGate};
+use crate::gate::{Released, Reservation, Settling};
 use crate::ledger::Ledger;
 
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl std::fmt::Display for SettleReport {
 pub struct SettleScope<'a> {
     pub campaign: &'a str,
     pub topic: &'a str,
-    pub gate: &'a dyn StockGate,
+    pub gate: &'a dyn Settling,
     pub ledger: &'a Ledger,
     /// Reads the campaign's consumer group's committed offsets.
     pub lag: &'a LagProbe,

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::broker::{PartitionLag, group_lag};
 use crate::campaign::{CouponId, consumer_group};
 use crate::error::{Error, Result};
-use crate::gate::{GateSnapshot, StockGate};
+use crate::gate::{GateSnapshot, GateView};
 use crate::ledger::Ledger;
 
 /// The load generator's log: request ids answered 202, and ids of ambiguous answers (503 with a
@@ -33,11 +33,10 @@ impl AcceptedLog {
                 Some(rest) => (&mut log.ambiguous, rest.trim()),
                 None => (&mut log.accepted, line),
             };
-            let id = Uuid::parse_str(id).map_err(|e| {
-                Error::Unexpected(format!(
-                    "accepted log line {}: {line:?} is not a request id: {e}",
-                    n + 1
-                ))
+            let id = Uuid::parse_str(id).map_err(|_| Error::BadLogLine {
+                what: "accepted log",
+                line: n + 1,
+                value: line.to_string(),
             })?;
             set.insert(id);
         }
@@ -136,7 +135,7 @@ pub struct VerifyInput<'a> {
 /// Reads the three sides, then judges each invariant on what was read.
 pub async fn verify(
     input: &VerifyInput<'_>,
-    gate: &dyn StockGate,
+    gate: &dyn GateView,
     ledger: &Ledger,
 ) -> Result<VerifyReport> {
     let books = ledger.books(input.campaign).await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use coupon_api::request::keyed_request_id;
 use coupon_core::broker::{KafkaAdmin, LagProbe, PreCreatedTopics, TopicAdmin};
 use coupon_core::campaign::{Campaign, CouponId, UserId, consumer_group, dead_letter_topic};
-use coupon_core::gate::{RedisGate, StockGate};
+use coupon_core::gate::{GateView, RedisGate, Settling};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{Stores, provision};
 use coupon_core::settlement::{SettleOptions, settle};

@@ -21,7 +21,7 @@ use coupon_core::broker::{
     KafkaAdmin, LagProbe, PublishTimeouts, Publisher, TopicAdmin, group_lag, wait_drained,
 };
 use coupon_core::campaign::{Campaign, CampaignSpec, CouponGroup, TopicSpec, consumer_group};
-use coupon_core::gate::{GateSnapshot, RedisGate, StockGate};
+use coupon_core::gate::{GateSnapshot, GateView, RedisGate};
 use coupon_core::ledger::Ledger;
 use coupon_core::provision::{ProvisionReport, Stores, provision};
 use coupon_core::settlement::{SettleOptions, SettleReport, settle};

@@ -153,7 +153,7 @@ async fn a_slot_moving_mid_burst_changes_nothing() {
     // answers again before reading the books.
     let mut answered = false;
     for _ in 0..20 {
-        use coupon_core::gate::StockGate;
+        use coupon_core::gate::GateView;
         if stack.gate.snapshot(&name, 1).await.is_ok() {
             answered = true;
             break;

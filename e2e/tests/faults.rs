@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use coupon_core::broker::{PublishTimeouts, Publisher};
 use coupon_core::campaign::dead_letter_topic;
 use coupon_core::event::IssuanceEvent;
-use coupon_core::gate::{Decision, StockGate};
+use coupon_core::gate::{Decision, Reserving};
 use coupon_core::ledger::Ledger;
 use coupon_core::verify::AcceptedLog;
 use coupon_e2e::{

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use coupon_core::gate::{
-    GateCoupon, MemoryGate, RedisGate, RequestStage, RequestStatus, Reservation, StockGate,
-    StoredMark,
+    GateCoupon, GateView, MemoryGate, Provisioning, RedisGate, RequestStage, RequestStatus,
+    Reservation, Reserving, Settling, StockGate, StoredMark, StoredMarks,
 };
 use coupon_e2e::{redis_url, unique};
 use proptest::prelude::*;

@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use coupon_core::gate::{Attempt, Decision, GateCoupon, RedisGate, Released, StockGate};
+use coupon_core::gate::{
+    Attempt, Decision, GateCoupon, GateView, Provisioning, RedisGate, Released, Reserving, Settling,
+};
 use coupon_e2e::{redis_cluster_url, redis_url, unique};
 use proptest::prelude::*;
 use uuid::Uuid;

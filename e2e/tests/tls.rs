@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use coupon_core::connections::RedisConnection;
-use coupon_core::gate::{GateCoupon, RedisGate, StockGate};
+use coupon_core::gate::{GateCoupon, Provisioning, RedisGate, Reserving};
 use coupon_core::ledger::Ledger;
 use coupon_e2e::binaries::{Environments, bin, run_drop};
 use coupon_e2e::tls::{Pki, REDIS_PASSWORD, REDIS_USER, TempDir, TlsPostgres, TlsRedis};

@@ -1,7 +1,5 @@
 //! What the operator reads of a campaign's books each pass: the ledger's rows per coupon and
 //! the gate's stock left over them.
-
-use coupon_core::gate::StockGate;
 use coupon_core::ledger::CouponBook;
 
 use crate::error::Error;

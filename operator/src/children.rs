@@ -8,8 +8,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
     Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, SleepAction, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -239,46 +239,61 @@ impl From<&str> for WorkloadImage {
     }
 }
 
-fn deployment(
-    cc: &CouponCampaign,
-    c: Component,
-    replicas: i32,
-    image: &WorkloadImage,
-) -> Deployment {
-    let conn = &cc.spec.connections;
-    let pull_policy = image.pull_policy.clone();
-    let (image, resources, port, env, readiness) = match c {
-        Component::Api => (
-            cc.spec
-                .api
-                .image
-                .as_deref()
-                .unwrap_or(&image.name)
-                .to_string(),
-            cc.spec.api.resources.clone(),
-            API_PORT,
-            [
-                vec![
-                    secret_env("REDIS_URL", &conn.redis),
-                    secret_env("KAFKA_BROKERS", &conn.kafka),
-                    plain_env("LISTEN", &format!("0.0.0.0:{API_PORT}")),
-                ],
-                admission_env(&cc.spec.api),
-            ]
-            .concat(),
-            http_probe("/readyz", API_PORT),
-        ),
-        Component::Consumer => (
-            cc.spec
-                .consumers
-                .image
-                .as_deref()
-                .or(cc.spec.api.image.as_deref())
-                .unwrap_or(&image.name)
-                .to_string(),
-            cc.spec.consumers.resources.clone(),
-            CONSUMER_METRICS_PORT,
-            vec![
+/// What the API's and the consumer's pods differ in, as data; [`deployment`] builds the rest,
+/// which they share.
+struct Workload<'a> {
+    component: Component,
+    image: String,
+    resources: Option<ResourceRequirements>,
+    port: i32,
+    port_name: &'static str,
+    readiness: Probe,
+    /// The component's own settings; the connections' files, campaign and log format follow.
+    env: Vec<EnvVar>,
+    kafka_properties: Option<&'a SecretKey>,
+    jwks: Option<&'a SecretKey>,
+    /// SIGTERM only after the endpoints forgot the pod: requests routed to it meanwhile still
+    /// get served (the image has no shell, so no `sleep`).
+    pre_stop_pause: bool,
+}
+
+impl<'a> Workload<'a> {
+    fn api(cc: &'a CouponCampaign, default_image: &str) -> Self {
+        let (api, conn) = (&cc.spec.api, &cc.spec.connections);
+        let own = vec![
+            secret_env("REDIS_URL", &conn.redis),
+            secret_env("KAFKA_BROKERS", &conn.kafka),
+            plain_env("LISTEN", &format!("0.0.0.0:{API_PORT}")),
+        ];
+        Self {
+            component: Component::Api,
+            image: api.image.as_deref().unwrap_or(default_image).to_string(),
+            resources: api.resources.clone(),
+            port: API_PORT,
+            port_name: "http",
+            readiness: http_probe("/readyz", API_PORT),
+            env: [own, admission_env(api)].concat(),
+            kafka_properties: conn.api_kafka_properties.as_ref(),
+            jwks: api.jwt.as_ref().and_then(|j| j.jwks.as_ref()),
+            pre_stop_pause: true,
+        }
+    }
+
+    fn consumer(cc: &'a CouponCampaign, default_image: &str) -> Self {
+        let (spec, conn) = (&cc.spec, &cc.spec.connections);
+        let image = spec
+            .consumers
+            .image
+            .as_deref()
+            .or(spec.api.image.as_deref());
+        Self {
+            component: Component::Consumer,
+            image: image.unwrap_or(default_image).to_string(),
+            resources: spec.consumers.resources.clone(),
+            port: CONSUMER_METRICS_PORT,
+            port_name: "metrics",
+            readiness: http_probe("/healthz", CONSUMER_METRICS_PORT),
+            env: vec![
                 secret_env("KAFKA_BROKERS", &conn.kafka),
                 secret_env("DATABASE_URL", &conn.database),
                 // Marks committed requests stored, so their status reads `issued` at once.
@@ -288,22 +303,55 @@ fn deployment(
                     &format!("0.0.0.0:{CONSUMER_METRICS_PORT}"),
                 ),
             ],
-            http_probe("/healthz", CONSUMER_METRICS_PORT),
-        ),
-    };
-    let (own_properties, jwks) = match c {
-        Component::Api => (
-            conn.api_kafka_properties.as_ref(),
-            cc.spec.api.jwt.as_ref().and_then(|j| j.jwks.as_ref()),
-        ),
-        Component::Consumer => (conn.consumer_kafka_properties.as_ref(), None),
-    };
-    let kafka_properties = own_properties.or(conn.kafka_properties.as_ref());
-    let (volumes, mounts, secured_env) = secured_files(conn, kafka_properties, jwks);
-    let mut env = env;
+            kafka_properties: conn.consumer_kafka_properties.as_ref(),
+            jwks: None,
+            pre_stop_pause: false,
+        }
+    }
+}
+
+fn deployment(
+    cc: &CouponCampaign,
+    w: Workload<'_>,
+    replicas: i32,
+    pull_policy: Option<String>,
+) -> Deployment {
+    let c = w.component;
+    let conn = &cc.spec.connections;
+    let kafka_properties = w.kafka_properties.or(conn.kafka_properties.as_ref());
+    let (volumes, mounts, secured_env) = secured_files(conn, kafka_properties, w.jwks);
+    let mut env = w.env;
     env.extend(secured_env);
     env.push(plain_env("CAMPAIGN", &cc.name_any()));
     env.push(plain_env("LOG_FORMAT", "json"));
+    let container = Container {
+        name: c.binary().into(),
+        image: Some(w.image),
+        image_pull_policy: pull_policy,
+        command: Some(vec![c.binary().into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            container_port: w.port,
+            name: Some(w.port_name.into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(w.readiness),
+        lifecycle: w.pre_stop_pause.then(pre_stop_pause),
+        liveness_probe: Some(http_probe("/healthz", w.port)),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        resources: w.resources,
+        security_context: Some(restricted_container()),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        // The consumer commits on SIGTERM; the API pauses, finishes what it reserved and
+        // flushes its producer: both within this bound.
+        termination_grace_period_seconds: Some(30),
+        containers: vec![container],
+        volumes: (!volumes.is_empty()).then_some(volumes),
+        security_context: Some(restricted_pod()),
+        ..PodSpec::default()
+    };
     Deployment {
         metadata: meta(cc, c),
         spec: Some(DeploymentSpec {
@@ -317,76 +365,11 @@ fn deployment(
                     labels: Some(labels(cc, c)),
                     annotations: Some(BTreeMap::from([
                         ("prometheus.io/scrape".into(), "true".into()),
-                        ("prometheus.io/port".into(), port.to_string()),
+                        ("prometheus.io/port".into(), w.port.to_string()),
                     ])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    // The consumer commits on SIGTERM; the API pauses, finishes what it
-                    // reserved and flushes its producer: both within this bound.
-                    termination_grace_period_seconds: Some(30),
-                    containers: vec![Container {
-                        name: c.binary().into(),
-                        image: Some(image),
-                        image_pull_policy: pull_policy,
-                        command: Some(vec![c.binary().into()]),
-                        env: Some(env),
-                        ports: Some(vec![ContainerPort {
-                            container_port: port,
-                            name: Some(
-                                if c == Component::Api {
-                                    "http"
-                                } else {
-                                    "metrics"
-                                }
-                                .into(),
-                            ),
-                            ..ContainerPort::default()
-                        }]),
-                        readiness_probe: Some(readiness),
-                        // SIGTERM only after the endpoints forgot the pod: requests routed to it
-                        // meanwhile still get served (the image has no shell, so no `sleep`).
-                        lifecycle: (c == Component::Api).then(|| Lifecycle {
-                            pre_stop: Some(LifecycleHandler {
-                                sleep: Some(SleepAction {
-                                    seconds: API_PRE_STOP_SECONDS,
-                                }),
-                                ..LifecycleHandler::default()
-                            }),
-                            ..Lifecycle::default()
-                        }),
-                        liveness_probe: Some(http_probe("/healthz", port)),
-                        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-                        resources,
-                        // Pod Security "restricted" (checked on the rendered manifests).
-                        security_context: Some(SecurityContext {
-                            run_as_non_root: Some(true),
-                            read_only_root_filesystem: Some(true),
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                ..Capabilities::default()
-                            }),
-                            ..SecurityContext::default()
-                        }),
-                        ..Container::default()
-                    }],
-                    volumes: (!volumes.is_empty()).then_some(volumes),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        // Secret volumes are 0440 and root-owned unless the pod has an fsGroup:
-                        // without it user 65532 cannot read its own mounted files.
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            ..SeccompProfile::default()
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         }),
@@ -394,9 +377,52 @@ fn deployment(
     }
 }
 
+fn pre_stop_pause() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            sleep: Some(SleepAction {
+                seconds: API_PRE_STOP_SECONDS,
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    }
+}
+
+/// Pod Security "restricted" (checked on the rendered manifests).
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        // Secret volumes are 0440 and root-owned unless the pod has an fsGroup: without it
+        // user 65532 cannot read its own mounted files.
+        fs_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// `image` is the default for a campaign that names none.
 pub fn api_deployment(cc: &CouponCampaign, image: &WorkloadImage) -> Deployment {
-    deployment(cc, Component::Api, cc.spec.api.replicas, image)
+    let api = Workload::api(cc, &image.name);
+    deployment(cc, api, cc.spec.api.replicas, image.pull_policy.clone())
 }
 
 /// The consumer Deployment with the autoscaler's replica count.
@@ -405,7 +431,8 @@ pub fn consumer_deployment(
     replicas: i32,
     image: &WorkloadImage,
 ) -> Deployment {
-    deployment(cc, Component::Consumer, replicas, image)
+    let consumer = Workload::consumer(cc, &image.name);
+    deployment(cc, consumer, replicas, image.pull_policy.clone())
 }
 
 pub fn api_service(cc: &CouponCampaign) -> Service {
@@ -444,11 +471,16 @@ pub fn disruption_budget(cc: &CouponCampaign, c: Component) -> PodDisruptionBudg
 
 /// Every child of the campaign in `path`, as one multi-document YAML (what reconcile applies,
 /// with the minimum consumer replicas).
-pub fn manifests_for(path: &std::path::Path, image: &WorkloadImage) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn manifests_for(
+    path: &std::path::Path,
+    image: &WorkloadImage,
+) -> Result<String, crate::error::Error> {
+    let text = std::fs::read_to_string(path).map_err(coupon_core::Error::file(path))?;
     let mut cc: CouponCampaign =
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|source| crate::error::Error::Manifest {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if cc.metadata.namespace.is_none() {
         cc.metadata.namespace = Some("default".into());
     }
@@ -466,7 +498,11 @@ pub fn manifests_for(path: &std::path::Path, image: &WorkloadImage) -> Result<St
     let mut out = String::new();
     for doc in docs {
         out.push_str("---\n");
-        out.push_str(&doc.map_err(|e| e.to_string())?);
+        out.push_str(
+            &doc.map_err(|e| {
+                crate::error::Error::Serialize("a child object".into(), e.to_string())
+            })?,
+        );
     }
     Ok(out)
 }

@@ -10,6 +10,11 @@ pub enum Error {
     Secret(String, String),
     #[error("cannot serialize {0}: {1}")]
     Serialize(String, String),
+    #[error("{}: {source}", path.display())]
+    Manifest {
+        path: std::path::PathBuf,
+        source: serde_yaml::Error,
+    },
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -21,6 +26,7 @@ impl Error {
             Self::Core(e) => e.label(),
             Self::Secret(..) => "secret",
             Self::Serialize(..) => "serialize",
+            Self::Manifest { .. } => "manifest",
             Self::Finalizer(_) => "finalizer",
         }
     }

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use coupon_core::config::{LogFormat, init_logging};
 use coupon_operator::context::Context;
@@ -109,7 +110,7 @@ async fn main() -> ExitCode {
             match run(health_listen, workload_image, settlement, namespaces).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("coupon-operator: {e}");
+                    eprintln!("coupon-operator: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -127,13 +128,13 @@ async fn run(
     workload_image: coupon_operator::children::WorkloadImage,
     settlement: Settlement,
     namespaces: Vec<String>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
-        .map_err(|e| format!("no Kubernetes API (in-cluster or kubeconfig): {e}"))?;
+        .context("no Kubernetes API (in-cluster or kubeconfig)")?;
     let listener = tokio::net::TcpListener::bind(health_listen)
         .await
-        .map_err(|e| format!("cannot listen on {health_listen}: {e}"))?;
+        .with_context(|| format!("cannot listen on {health_listen}"))?;
     let mut ctx = Context::new(client.clone())
         .with_workload_image(workload_image)
         .with_settle_after(settlement.after);
@@ -156,7 +157,7 @@ async fn run(
     while !lock
         .try_acquire_or_renew(Timestamp::now())
         .await
-        .map_err(|e| format!("lease: {e}"))?
+        .context("lease")?
     {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

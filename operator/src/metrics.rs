@@ -5,11 +5,12 @@
 use axum::Router;
 use axum::routing::get;
 use coupon_core::broker::PartitionLag;
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use coupon_core::metrics::MetricRegistry;
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec};
 
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    registry: MetricRegistry,
     pub lag: IntGaugeVec,
     pub lag_total: IntGaugeVec,
     pub replicas_desired: IntGaugeVec,
@@ -34,11 +35,9 @@ const COUPON: &[&str] = &["campaign", "coupon"];
 
 impl Default for Metrics {
     fn default() -> Self {
-        let g = |name: &str, help: &str, labels: &[&str]| {
-            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
-        };
-        let m = Self {
-            registry: Registry::new(),
+        let r = MetricRegistry::new();
+        let g = |name: &str, help: &str, labels: &[&str]| r.gauge_vec(name, help, labels);
+        Self {
             lag: g(
                 "coupon_operator_consumer_lag",
                 "End offset minus the group's committed offset, per partition",
@@ -86,64 +85,36 @@ impl Default for Metrics {
                  negative: the ledger issued more than the gate granted",
                 COUPON,
             ),
-            reconciles: IntCounterVec::new(
-                Opts::new(
-                    "coupon_operator_reconciles_total",
-                    "Reconciles by result (ok or the error label)",
-                ),
+            reconciles: r.counter_vec(
+                "coupon_operator_reconciles_total",
+                "Reconciles by result (ok or the error label)",
                 &["result"],
-            )
-            .expect("valid metric"),
-            settled: IntCounterVec::new(
-                Opts::new(
-                    "coupon_operator_settled_reservations_total",
-                    "Reservations settled, by outcome: kept (the ledger has the event) or released \
-                     (no event: stock and the user's slot given back)",
-                ),
+            ),
+            settled: r.counter_vec(
+                "coupon_operator_settled_reservations_total",
+                "Reservations settled, by outcome: kept (the ledger has the event) or released \
+                 (no event: stock and the user's slot given back)",
                 &["campaign", "outcome"],
-            )
-            .expect("valid metric"),
+            ),
             unsettled: g(
                 "coupon_operator_unsettled_reservations",
                 "Reservations the gate made that are not settled yet (in flight or orphaned)",
                 CAMPAIGN,
             ),
-            unsettled_oldest_age: GaugeVec::new(
-                Opts::new(
-                    "coupon_operator_unsettled_oldest_age_seconds",
-                    "Age of the oldest unsettled reservation (0 when none); it stays low while \
-                     settlement keeps up",
-                ),
+            unsettled_oldest_age: r.float_gauge_vec(
+                "coupon_operator_unsettled_oldest_age_seconds",
+                "Age of the oldest unsettled reservation (0 when none); it stays low while \
+                 settlement keeps up",
                 CAMPAIGN,
-            )
-            .expect("valid metric"),
-        };
-        for c in [
-            Box::new(m.lag.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.lag_total.clone()),
-            Box::new(m.replicas_desired.clone()),
-            Box::new(m.replicas_current.clone()),
-            Box::new(m.replicas_max.clone()),
-            Box::new(m.stock_remaining.clone()),
-            Box::new(m.stock_quantity.clone()),
-            Box::new(m.issued.clone()),
-            Box::new(m.drift.clone()),
-            Box::new(m.reconciles.clone()),
-            Box::new(m.settled.clone()),
-            Box::new(m.unsettled.clone()),
-            Box::new(m.unsettled_oldest_age.clone()),
-        ] {
-            m.registry.register(c).expect("metric registered once");
+            ),
+            registry: r,
         }
-        m
     }
 }
 
 impl Metrics {
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        self.registry.render()
     }
 
     /// `/healthz` and `/metrics`, what the operator's Service and probes reach.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use coupon_core::connections::{KafkaConnection, RedisConnection, parse_properties};
-use coupon_core::gate::RedisGate;
+use coupon_core::gate::StockGate;
 use coupon_core::ledger::Ledger;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -64,7 +64,8 @@ pub async fn read(cc: &CouponCampaign, client: &Client) -> Result<ConnectionUrls
         Some(tls) => {
             let dir = local_tls_dir(&ns, &tls.secret_name);
             let data = secrets.data(&tls.secret_name).await?;
-            write_files(&dir, &data).map_err(|e| Error::Secret(tls.secret_name.clone(), e))?;
+            write_files(&dir, &data)
+                .map_err(|e| Error::Secret(tls.secret_name.clone(), e.to_string()))?;
             Some(dir)
         }
         None => None,
@@ -141,12 +142,16 @@ fn local_tls_dir(namespace: &str, secret: &str) -> PathBuf {
 }
 
 /// Writes each key as a file readable by this user only, rewriting only what changed.
-fn write_files(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+fn write_files(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
     for (key, bytes) in data {
         if key.contains('/') || key.starts_with('.') {
-            return Err(format!("key {key:?} is not a plain file name"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("key {key:?} is not a plain file name"),
+            ));
         }
         let path = dir.join(key);
         if std::fs::read(&path).is_ok_and(|old| &old == bytes) {
@@ -163,7 +168,7 @@ fn write_files(dir: &Path, data: &BTreeMap<String, Vec<u8>>) -> Result<(), Strin
             .open(&fresh)
             .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
             .and_then(|()| std::fs::rename(&fresh, &path));
-        written.map_err(|e| format!("{}: {e}", path.display()))?;
+        written.map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     }
     Ok(())
 }
@@ -202,6 +207,6 @@ mod tests {
 #[derive(Clone)]
 pub struct Connected {
     pub kafka: KafkaConnection,
-    pub gate: Arc<RedisGate>,
+    pub gate: Arc<dyn StockGate>,
     pub ledger: Ledger,
 }

@@ -195,7 +195,7 @@ async fn deletion_runs_cleanup_and_removes_the_finalizer() {
     let gate = coupon_core::gate::RedisGate::connect(&coupon_e2e::redis_url())
         .await
         .expect("redis");
-    use coupon_core::gate::StockGate;
+    use coupon_core::gate::GateView;
     assert!(gate.catalog(&name).await.expect("catalog").is_some());
     let mut cc = api.get(&cc_path(&name));
     cc["metadata"]["deletionTimestamp"] = json!("2026-11-24T00:00:00Z");
@@ -229,7 +229,7 @@ async fn deletion_runs_cleanup_and_removes_the_finalizer() {
 /// ledger, and the campaign is Live again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_gate_is_rebuilt_from_the_ledger() {
-    use coupon_core::gate::StockGate;
+    use coupon_core::gate::{GateView, Reserving};
     let name = coupon_e2e::unique("op-lost");
     let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
     let (gate, ledger) = common::backends().await;
@@ -290,7 +290,7 @@ async fn a_lost_gate_is_rebuilt_from_the_ledger() {
 /// the topic is drained the operator reports the difference per coupon, and 0 elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_between_redis_and_the_ledger_is_reported_per_coupon() {
-    use coupon_core::gate::StockGate;
+    use coupon_core::gate::Reserving;
     let name = coupon_e2e::unique("op-drift");
     let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
     let m = ctx.metrics.render();
@@ -388,7 +388,7 @@ async fn the_chart_rbac_grants_exactly_what_the_operator_calls() {
 /// from False to True.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
-    use coupon_core::gate::{Decision, StockGate};
+    use coupon_core::gate::{Decision, GateView, Reserving};
     let name = coupon_e2e::unique("op-settle");
     let (api, ctx) = provisioned(&name, spec(1, json!({}))).await;
     let (gate, ledger) = common::backends().await;
@@ -485,7 +485,7 @@ async fn the_settlement_timer_keeps_the_issued_and_releases_the_orphaned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secured_connections_reach_tls_backends_and_are_mounted_into_workloads() {
     use coupon_core::connections::RedisConnection;
-    use coupon_core::gate::{RedisGate, StockGate};
+    use coupon_core::gate::{GateView, RedisGate};
     use coupon_e2e::tls::{Pki, TlsPostgres, TlsRedis};
     let pki = Pki::new();
     let redis = TlsRedis::start(&pki);

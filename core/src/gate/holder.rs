@@ -24,7 +24,7 @@ const LENT: char = '>';
 
 impl Holder {
     pub fn parse(value: &str) -> Result<Self> {
-        let bad = || Error::Unexpected(format!("the gate holds a bad holder value {value:?}"));
+        let bad = || Error::GateProtocol(format!("a holder value {value:?}"));
         let (id, mark) = (value.get(..36).ok_or_else(bad)?, &value[36..]);
         let request = Uuid::parse_str(id).map_err(|_| bad())?;
         Ok(match mark.chars().next() {

@@ -13,10 +13,12 @@ use redis::{AsyncCommands, Script};
 use uuid::Uuid;
 
 use super::holder::Holder;
+use super::replies::{EnsureReply, HomeReply};
 use super::shards::{MAX_SHARDS, ShardKeys, home_shard, rebuilt_stock, share, siblings};
 use super::{
-    Decision, Ensured, GateCoupon, GateSnapshot, Released, RequestStatus, Reservation, StockGate,
-    StoredMark, Unsettled, catalog_key, holds, lost_key, parse_uuid, stage_of, unsettled_member,
+    Decision, Ensured, GateCoupon, GateSnapshot, GateView, Provisioning, Released, RequestStatus,
+    Reservation, Reserving, Settling, StoredMark, StoredMarks, Unsettled, catalog_key, holds,
+    lost_key, parse_uuid, stage_of, unsettled_member,
 };
 use crate::campaign::{CouponId, UserId};
 use crate::connections::{RedisConnection, RedisLink};
@@ -117,10 +119,6 @@ fn with_holder_encoding(body: &str) -> Script {
     Script::new(&format!("{}\n{body}", include_str!("holder.lua")))
 }
 
-fn reply_at(reply: &[String], i: usize) -> &str {
-    reply.get(i).map_or("", String::as_str)
-}
-
 impl RedisGate {
     pub async fn connect(redis: impl Into<RedisConnection>) -> Result<Self> {
         let conn = redis.into().connect().await?;
@@ -208,7 +206,7 @@ impl RedisGate {
             Stage::Home { tries } => {
                 let home = home_shard(a.user, a.shards);
                 let keys = a.keys(home);
-                let reply: Vec<String> = self
+                let reply: HomeReply = self
                     .scripts
                     .reserve
                     .key(&keys.coupon)
@@ -221,7 +219,7 @@ impl RedisGate {
                     .arg(&a.nonce)
                     .invoke_async(&mut conn)
                     .await?;
-                self.home_answer(a, home, tries, &reply)?
+                self.home_answer(a, home, tries, reply)?
             }
             Stage::Take {
                 home,
@@ -231,7 +229,7 @@ impl RedisGate {
             } => {
                 let from = siblings(home, a.shards, a.request_id.as_u128())
                     .nth(usize::from(tried))
-                    .ok_or_else(|| Error::Unexpected("no sibling shard left".into()))?;
+                    .ok_or_else(|| Error::GateProtocol("no sibling shard left to try".into()))?;
                 let keys = a.keys(from);
                 let taken: i64 = s
                     .key(&keys.coupon)
@@ -295,40 +293,39 @@ impl RedisGate {
         a: &mut Attempt,
         home: u16,
         tries: u8,
-        reply: &[String],
+        reply: HomeReply,
     ) -> Result<Stage> {
-        let decided = |d| Ok(Stage::Done(d));
-        match reply_at(reply, 0) {
-            "reserved" => {
-                a.reserved_at =
-                    Some(reply_at(reply, 1).parse().map_err(|_| {
-                        Error::Unexpected(format!("gate reservation time {reply:?}"))
-                    })?);
-                decided(Decision::Reserved)
+        Ok(Stage::Done(match reply {
+            HomeReply::Reserved { at_ms } => {
+                a.reserved_at = Some(at_ms);
+                Decision::Reserved
             }
-            "replay" => decided(Decision::Replay),
-            "already_issued" => decided(Decision::AlreadyIssued(parse_uuid(reply_at(reply, 1))?)),
-            "pending" => decided(Decision::InProgress),
-            "sold_out" => decided(Decision::SoldOut),
-            "not_open" => decided(Decision::NotOpen),
-            "closed" => decided(Decision::Closed),
-            "missing" => decided(Decision::Missing),
-            "borrow" => Ok(Stage::Take {
-                home,
-                epoch: reply_at(reply, 1).to_string(),
-                tried: 0,
-                busy: false,
-            }),
-            "shards" if tries < 2 => {
-                let k: u16 = reply_at(reply, 1)
-                    .parse()
-                    .map_err(|_| Error::Unexpected(format!("gate shard count {reply:?}")))?;
+            HomeReply::Replay => Decision::Replay,
+            HomeReply::AlreadyIssued(id) => Decision::AlreadyIssued(id),
+            HomeReply::Pending => Decision::InProgress,
+            HomeReply::SoldOut => Decision::SoldOut,
+            HomeReply::NotOpen => Decision::NotOpen,
+            HomeReply::Closed => Decision::Closed,
+            HomeReply::Missing => Decision::Missing,
+            HomeReply::Borrow { epoch } => {
+                return Ok(Stage::Take {
+                    home,
+                    epoch,
+                    tried: 0,
+                    busy: false,
+                });
+            }
+            HomeReply::Shards(k) if tries < 2 => {
                 self.remember_shards(&a.campaign, a.coupon, k);
                 a.shards = k.clamp(1, MAX_SHARDS);
-                Ok(Stage::Home { tries: tries + 1 })
+                return Ok(Stage::Home { tries: tries + 1 });
             }
-            other => Err(Error::Unexpected(format!("gate script answered {other:?}"))),
-        }
+            HomeReply::Shards(k) => {
+                return Err(Error::GateProtocol(format!(
+                    "the coupon's shard count is still not {k} after two tries"
+                )));
+            }
+        }))
     }
 
     /// Drops the attempt's claim; with an `epoch` (every sibling was dry) counts a sold-out
@@ -529,20 +526,6 @@ impl RedisGate {
         )
     }
 
-    /// Removes every key of the campaign (coupon shards, holders, unsettled sets, catalog);
-    /// the operator's `Delete` deletion policy. Returns how many keys existed.
-    pub async fn forget_campaign(&self, campaign: &str, coupons: &[CouponId]) -> Result<usize> {
-        let mut removed = 0usize;
-        for c in coupons {
-            removed += self.forget_coupon(campaign, *c).await?;
-        }
-        let mut conn = self.conn.clone();
-        let n: usize = conn
-            .del(&[catalog_key(campaign), lost_key(campaign)])
-            .await?;
-        Ok(removed + n)
-    }
-
     async fn forget_coupon(&self, campaign: &str, coupon: CouponId) -> Result<usize> {
         let mut conn = self.conn.clone();
         let mut removed = 0usize;
@@ -570,7 +553,7 @@ impl RedisGate {
         cfg: GateCoupon,
         quantity: i64,
         stock: i64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<EnsureReply> {
         let mut conn = self.conn.clone();
         Ok(self
             .scripts
@@ -600,7 +583,7 @@ impl RedisGate {
 }
 
 #[async_trait]
-impl StockGate for RedisGate {
+impl Reserving for RedisGate {
     async fn reserve_stamped(
         &self,
         campaign: &str,
@@ -646,6 +629,133 @@ impl StockGate for RedisGate {
             .await
     }
 
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl GateView for RedisGate {
+    async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>> {
+        let mut conn = self.conn.clone();
+        let k = self.shards(campaign, coupon).await?;
+        let mut total = GateSnapshot {
+            shards: k,
+            ..GateSnapshot::default()
+        };
+        for shard in 0..k {
+            let keys = ShardKeys::new(campaign, coupon, shard);
+            let (fields, holders): ((Option<i64>, Option<i64>, Option<i64>), i64) = redis::pipe()
+                .cmd("HMGET")
+                .arg(&keys.coupon)
+                .arg(&["quantity", "stock", "refused_sold_out"])
+                .hlen(&keys.holders)
+                .query_async(&mut conn)
+                .await?;
+            // A shard without its hash: the coupon's gate is (partly) lost.
+            let (Some(quantity), Some(remaining), refused) = fields else {
+                return Ok(None);
+            };
+            total.quantity += quantity;
+            total.remaining += remaining;
+            total.refused_sold_out += refused.unwrap_or(0);
+            total.holders += holders;
+        }
+        Ok(Some(total))
+    }
+
+    async fn holder(&self, campaign: &str, coupon: CouponId, user: UserId) -> Result<Option<Uuid>> {
+        let k = self.shards(campaign, coupon).await?;
+        let mut conn = self.conn.clone();
+        let id: Option<String> = conn
+            .hget(
+                ShardKeys::new(campaign, coupon, home_shard(user, k)).holders,
+                user,
+            )
+            .await?;
+        // A claim in progress holds nothing yet.
+        let holder = id.as_deref().map(Holder::parse).transpose()?;
+        Ok(holder.filter(Holder::holds_unit).map(|h| h.request()))
+    }
+
+    async fn catalog(&self, campaign: &str) -> Result<Option<Vec<(CouponId, i64)>>> {
+        let mut conn = self.conn.clone();
+        let mut all: Vec<(CouponId, i64)> = conn.hgetall(catalog_key(campaign)).await?;
+        if all.is_empty() {
+            return Ok(None);
+        }
+        all.sort_unstable();
+        Ok(Some(all))
+    }
+
+    async fn clock_ms(&self) -> Result<i64> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    async fn request_status(
+        &self,
+        campaign: &str,
+        coupon: CouponId,
+        request_id: Uuid,
+        user: Option<UserId>,
+    ) -> Result<Option<RequestStatus>> {
+        let k = self.shards(campaign, coupon).await?;
+        let id = request_id.to_string();
+        let mut conn = self.conn.clone();
+        let stored_at: Option<i64> = conn
+            .hget(ShardKeys::new(campaign, coupon, 0).stored, &id)
+            .await?;
+        // The request is recorded at its user's home shard; without the user, look at each.
+        let homes: Vec<u16> = match user {
+            Some(u) => vec![home_shard(u, k)],
+            None => (0..k).collect(),
+        };
+        let mut found = None;
+        for home in homes {
+            let record: Option<String> = conn
+                .hget(ShardKeys::new(campaign, coupon, home).requests, &id)
+                .await?;
+            if let Some(record) = record {
+                found = Some((home, parse_record(&record)?));
+                break;
+            }
+        }
+        let recorded = found.is_some();
+        let (user, released_at) = match (user, found) {
+            // Another user's request.
+            (Some(u), Some((_, (recorded, _)))) if recorded != u => return Ok(None),
+            (Some(u), record) => (u, record.and_then(|(_, (_, at))| at)),
+            (None, Some((_, record))) => record,
+            (None, None) => return Ok(None),
+        };
+        let keys = ShardKeys::new(campaign, coupon, home_shard(user, k));
+        let (holder, at): (Option<String>, Option<f64>) = redis::pipe()
+            .hget(&keys.holders, user)
+            .zscore(&keys.unsettled, unsettled_member(user, request_id))
+            .query_async(&mut conn)
+            .await?;
+        // The home's entry stands for the whole reservation, a unit lent by a sibling included
+        // (the sibling's own entry only tracks that unit).
+        // Unrecorded (an older version's reservation): only the holder vouches for the user.
+        let holder = holder.as_deref().map(Holder::parse).transpose()?;
+        let vouched = recorded || holds(holder.as_ref(), request_id);
+        Ok(stage_of(
+            request_id,
+            holder.as_ref(),
+            at.map(|a| a as i64),
+            stored_at.filter(|_| vouched),
+            released_at,
+        )
+        .map(|stage| RequestStatus { user, stage }))
+    }
+}
+
+#[async_trait]
+impl Provisioning for RedisGate {
     async fn ensure(
         &self,
         campaign: &str,
@@ -714,11 +824,13 @@ impl StockGate for RedisGate {
                     stock[usize::from(shard)],
                 )
                 .await?;
-            if reply_at(&reply, 0) == "reshard" {
-                // A leftover shard of an older layout: discard it and provision again.
-                return Err(Error::Unexpected(format!(
-                    "coupon {coupon} has a stale shard {shard}; delete its gate keys and provision again"
-                )));
+            if let EnsureReply::Reshard(live) = reply {
+                // A leftover shard of an older layout: its keys must go before provisioning.
+                return Err(Error::ShardsChanged {
+                    coupon,
+                    live,
+                    wanted: k,
+                });
             }
         }
         self.remember_shards(campaign, coupon, k);
@@ -731,68 +843,10 @@ impl StockGate for RedisGate {
         self.forget_coupon(campaign, coupon).await.map(|_| ())
     }
 
-    async fn snapshot(&self, campaign: &str, coupon: CouponId) -> Result<Option<GateSnapshot>> {
-        let mut conn = self.conn.clone();
-        let k = self.shards(campaign, coupon).await?;
-        let mut total = GateSnapshot {
-            shards: k,
-            ..GateSnapshot::default()
-        };
-        for shard in 0..k {
-            let keys = ShardKeys::new(campaign, coupon, shard);
-            let (fields, holders): ((Option<i64>, Option<i64>, Option<i64>), i64) = redis::pipe()
-                .cmd("HMGET")
-                .arg(&keys.coupon)
-                .arg(&["quantity", "stock", "refused_sold_out"])
-                .hlen(&keys.holders)
-                .query_async(&mut conn)
-                .await?;
-            // A shard without its hash: the coupon's gate is (partly) lost.
-            let (Some(quantity), Some(remaining), refused) = fields else {
-                return Ok(None);
-            };
-            total.quantity += quantity;
-            total.remaining += remaining;
-            total.refused_sold_out += refused.unwrap_or(0);
-            total.holders += holders;
-        }
-        Ok(Some(total))
-    }
-
-    async fn holder(&self, campaign: &str, coupon: CouponId, user: UserId) -> Result<Option<Uuid>> {
-        let k = self.shards(campaign, coupon).await?;
-        let mut conn = self.conn.clone();
-        let id: Option<String> = conn
-            .hget(
-                ShardKeys::new(campaign, coupon, home_shard(user, k)).holders,
-                user,
-            )
-            .await?;
-        // A claim in progress holds nothing yet.
-        let holder = id.as_deref().map(Holder::parse).transpose()?;
-        Ok(holder.filter(Holder::holds_unit).map(|h| h.request()))
-    }
-
     async fn set_catalog(&self, campaign: &str, coupons: &[(CouponId, i64)]) -> Result<()> {
         let mut conn = self.conn.clone();
         let () = conn.hset_multiple(catalog_key(campaign), coupons).await?;
         Ok(())
-    }
-
-    async fn catalog(&self, campaign: &str) -> Result<Option<Vec<(CouponId, i64)>>> {
-        let mut conn = self.conn.clone();
-        let mut all: Vec<(CouponId, i64)> = conn.hgetall(catalog_key(campaign)).await?;
-        if all.is_empty() {
-            return Ok(None);
-        }
-        all.sort_unstable();
-        Ok(Some(all))
-    }
-
-    async fn clock_ms(&self) -> Result<i64> {
-        let mut conn = self.conn.clone();
-        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
-        Ok(secs * 1000 + micros / 1000)
     }
 
     async fn mark_lost(&self, campaign: &str) -> Result<i64> {
@@ -812,6 +866,23 @@ impl StockGate for RedisGate {
         Ok(())
     }
 
+    /// Removes every key of the campaign (coupon shards, holders, unsettled sets, catalog);
+    /// the operator's `Delete` deletion policy. Returns how many keys existed.
+    async fn forget_campaign(&self, campaign: &str, coupons: &[CouponId]) -> Result<usize> {
+        let mut removed = 0usize;
+        for c in coupons {
+            removed += self.forget_coupon(campaign, *c).await?;
+        }
+        let mut conn = self.conn.clone();
+        let n: usize = conn
+            .del(&[catalog_key(campaign), lost_key(campaign)])
+            .await?;
+        Ok(removed + n)
+    }
+}
+
+#[async_trait]
+impl Settling for RedisGate {
     async fn unsettled(
         &self,
         campaign: &str,
@@ -841,7 +912,7 @@ impl StockGate for RedisGate {
                     .split_once(':')
                     .and_then(|(u, id)| Some((u.parse::<UserId>().ok()?, parse_uuid(id).ok()?)))
                     .ok_or_else(|| {
-                        Error::Unexpected(format!("bad unsettled reservation {member:?}"))
+                        Error::GateProtocol(format!("an unsettled reservation {member:?}"))
                     })?;
                 out.ripe.push(Reservation {
                     request_id: id,
@@ -907,13 +978,10 @@ impl StockGate for RedisGate {
             self.settle_lent(campaign, r, k, false, cutoff_ms).await
         }
     }
+}
 
-    async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl StoredMarks for RedisGate {
     async fn mark_stored(&self, campaign: &str, marks: &[StoredMark], at_ms: i64) -> Result<()> {
         let mut by_coupon: BTreeMap<CouponId, Vec<(String, i64)>> = BTreeMap::new();
         for m in marks {
@@ -931,63 +999,6 @@ impl StockGate for RedisGate {
         futures::future::try_join_all(writes).await?;
         Ok(())
     }
-
-    async fn request_status(
-        &self,
-        campaign: &str,
-        coupon: CouponId,
-        request_id: Uuid,
-        user: Option<UserId>,
-    ) -> Result<Option<RequestStatus>> {
-        let k = self.shards(campaign, coupon).await?;
-        let id = request_id.to_string();
-        let mut conn = self.conn.clone();
-        let stored_at: Option<i64> = conn
-            .hget(ShardKeys::new(campaign, coupon, 0).stored, &id)
-            .await?;
-        // The request is recorded at its user's home shard; without the user, look at each.
-        let homes: Vec<u16> = match user {
-            Some(u) => vec![home_shard(u, k)],
-            None => (0..k).collect(),
-        };
-        let mut found = None;
-        for home in homes {
-            let record: Option<String> = conn
-                .hget(ShardKeys::new(campaign, coupon, home).requests, &id)
-                .await?;
-            if let Some(record) = record {
-                found = Some((home, parse_record(&record)?));
-                break;
-            }
-        }
-        let recorded = found.is_some();
-        let (user, released_at) = match (user, found) {
-            // Another user's request.
-            (Some(u), Some((_, (recorded, _)))) if recorded != u => return Ok(None),
-            (Some(u), record) => (u, record.and_then(|(_, (_, at))| at)),
-            (None, Some((_, record))) => record,
-            (None, None) => return Ok(None),
-        };
-        let keys = ShardKeys::new(campaign, coupon, home_shard(user, k));
-        let (holder, at): (Option<String>, Option<f64>) = redis::pipe()
-            .hget(&keys.holders, user)
-            .zscore(&keys.unsettled, unsettled_member(user, request_id))
-            .query_async(&mut conn)
-            .await?;
-        // The home's entry stands for the whole reservation, a unit lent by a sibling included
-        // (the sibling's own entry only tracks that unit).
-        // Unrecorded (an older version's reservation): only the holder vouches for the user.
-        let holder = holder.as_deref().map(Holder::parse).transpose()?;
-        let vouched = recorded || holds(holder.as_ref(), request_id);
-        Ok(stage_of(
-            request_id,
-            holder.as_ref(),
-            at.map(|a| a as i64),
-            stored_at.filter(|_| vouched),
-            released_at,
-        )
-        .map(|stage| RequestStatus { user, stage }))
-    }
 }
 
 /// A `requests` entry: the user, and when the request was released (`user@ms`).
@@ -998,6 +1009,6 @@ fn parse_record(record: &str) -> Result<(UserId, Option<i64>)> {
     };
     let user = user
         .parse()
-        .map_err(|_| Error::Unexpected(format!("gate holds a bad request record {record:?}")))?;
+        .map_err(|_| Error::GateProtocol(format!("a request record {record:?}")))?;
     Ok((user, at))
 }
