@@ -55,7 +55,7 @@ async fn rendered(page: &Path, name: &str) -> Rendered {
     let shot = browser::screenshot_path(page, name);
     browser::open(page, Some(&shot))
         .await
-        .unwrap_or_else(|e| panic!("chromium on {}: {e}", page.display()))
+        .unwrap_or_else(|e| panic!("chromium on {}: {e:#}", page.display()))
 }
 
 /// Every chart drawn, nothing fetched, no error, the verdict on the first screen.

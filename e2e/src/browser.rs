@@ -3,6 +3,7 @@
 //! pipe (fd 3 in, fd 4 out; JSON messages ended by NUL). It opens a page, collects console and
 //! log errors, measures what the page drew, and takes a full-page screenshot.
 
+use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -102,7 +103,7 @@ struct Devtools {
 }
 
 /// Opens `page` (1,100 px wide), measures it and, with `screenshot`, writes a PNG of the page.
-pub async fn open(page: &Path, screenshot: Option<&Path>) -> Result<Rendered, String> {
+pub async fn open(page: &Path, screenshot: Option<&Path>) -> anyhow::Result<Rendered> {
     let shot = screenshot.map(|path| Shot {
         path,
         max_height: None,
@@ -110,8 +111,8 @@ pub async fn open(page: &Path, screenshot: Option<&Path>) -> Result<Rendered, St
     open_with(page, shot).await
 }
 
-pub async fn open_with(page: &Path, screenshot: Option<Shot<'_>>) -> Result<Rendered, String> {
-    let page = std::fs::canonicalize(page).map_err(|e| format!("{}: {e}", page.display()))?;
+pub async fn open_with(page: &Path, screenshot: Option<Shot<'_>>) -> anyhow::Result<Rendered> {
+    let page = std::fs::canonicalize(page).with_context(|| format!("{}", page.display()))?;
     let profile = std::env::temp_dir().join(crate::unique("chromium-profile"));
     let result = tokio::time::timeout(Duration::from_secs(60), async {
         let mut dt = Devtools::start(&profile)?;
@@ -122,13 +123,13 @@ pub async fn open_with(page: &Path, screenshot: Option<Shot<'_>>) -> Result<Rend
         rendered
     })
     .await
-    .unwrap_or_else(|_| Err("chromium did not finish within 60 s".into()));
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("chromium did not finish within 60 s")));
     let _ = std::fs::remove_dir_all(&profile);
     result
 }
 
 impl Devtools {
-    fn start(profile: &Path) -> Result<Self, String> {
+    fn start(profile: &Path) -> anyhow::Result<Self> {
         // unshare gives chromium a network namespace with nothing in it; the shell hands it our
         // pipes as fds 3 and 4, which --remote-debugging-pipe speaks on.
         let mut child = Command::new("unshare")
@@ -156,9 +157,9 @@ impl Devtools {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start unshare/{}: {e}", chromium().display()))?;
-        let input = child.stdin.take().ok_or("no stdin")?;
-        let output = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+            .with_context(|| format!("cannot start unshare/{}", chromium().display()))?;
+        let input = child.stdin.take().context("no stdin")?;
+        let output = BufReader::new(child.stdout.take().context("no stdout")?);
         Ok(Self {
             child,
             input,
@@ -174,7 +175,7 @@ impl Devtools {
         &mut self,
         page: &Path,
         screenshot: Option<Shot<'_>>,
-    ) -> Result<Rendered, String> {
+    ) -> anyhow::Result<Rendered> {
         let target = self
             .call("Target.createTarget", json!({"url": "about:blank"}), false)
             .await?;
@@ -205,14 +206,14 @@ impl Devtools {
             .await?;
         let text = measured["result"]["value"]
             .as_str()
-            .ok_or_else(|| format!("the page could not be measured: {measured}"))?;
-        let seen: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            .with_context(|| format!("the page could not be measured: {measured}"))?;
+        let seen: Value = serde_json::from_str(text)?;
         let screenshot = match screenshot {
             Some(shot) => Some(self.screenshot(shot).await?),
             None => None,
         };
         Ok(Rendered {
-            charts: serde_json::from_value(seen["charts"].clone()).map_err(|e| e.to_string())?,
+            charts: serde_json::from_value(seen["charts"].clone())?,
             verdict: seen["verdict"]
                 .as_array()
                 .and_then(|v| Some((v.first()?.as_str()?.to_string(), v.get(1)?.as_bool()?))),
@@ -223,7 +224,7 @@ impl Devtools {
         })
     }
 
-    async fn viewport(&mut self, height: u64) -> Result<(), String> {
+    async fn viewport(&mut self, height: u64) -> anyhow::Result<()> {
         self.call(
             "Emulation.setDeviceMetricsOverride",
             json!({"width": 1100, "height": height, "deviceScaleFactor": 1, "mobile": false}),
@@ -233,7 +234,7 @@ impl Devtools {
         .map(drop)
     }
 
-    async fn screenshot(&mut self, shot: Shot<'_>) -> Result<(u32, u32), String> {
+    async fn screenshot(&mut self, shot: Shot<'_>) -> anyhow::Result<(u32, u32)> {
         let metrics = self.call("Page.getLayoutMetrics", json!({}), true).await?;
         let mut height = metrics["cssContentSize"]["height"]
             .as_f64()
@@ -247,15 +248,15 @@ impl Devtools {
             .await?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(taken["data"].as_str().unwrap_or_default())
-            .map_err(|e| format!("screenshot: {e}"))?;
-        let size = png_size(&png).ok_or("the screenshot is not a PNG")?;
-        std::fs::write(shot.path, png).map_err(|e| format!("{}: {e}", shot.path.display()))?;
+            .context("screenshot")?;
+        let size = png_size(&png).context("the screenshot is not a PNG")?;
+        std::fs::write(shot.path, png).with_context(|| format!("{}", shot.path.display()))?;
         Ok(size)
     }
 
     /// Sends a command (to the page's session with `on_page`) and waits for its answer,
     /// keeping the events that arrive meanwhile.
-    async fn call(&mut self, method: &str, params: Value, on_page: bool) -> Result<Value, String> {
+    async fn call(&mut self, method: &str, params: Value, on_page: bool) -> anyhow::Result<Value> {
         self.next += 1;
         let id = self.next;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -267,32 +268,30 @@ impl Devtools {
         self.input
             .write_all(&bytes)
             .await
-            .map_err(|e| format!("chromium's pipe: {e}"))?;
+            .context("chromium's pipe")?;
         loop {
             let m = self.read().await?;
             if m["id"].as_u64() == Some(id) {
                 return match m.get("error") {
-                    Some(e) => Err(format!("{method}: {e}")),
+                    Some(e) => Err(anyhow::anyhow!("{method}: {e}")),
                     None => Ok(m["result"].clone()),
                 };
             }
         }
     }
 
-    async fn read(&mut self) -> Result<Value, String> {
+    async fn read(&mut self) -> anyhow::Result<Value> {
         let mut buf = Vec::new();
         let n = self
             .output
             .read_until(0, &mut buf)
             .await
-            .map_err(|e| format!("chromium's pipe: {e}"))?;
+            .context("chromium's pipe")?;
         if n == 0 {
-            return Err(
-                "chromium closed its pipe (did it start? is this root, for unshare?)".into(),
-            );
+            anyhow::bail!("chromium closed its pipe (did it start? is this root, for unshare?)");
         }
         buf.pop();
-        let m: Value = serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
+        let m: Value = serde_json::from_slice(&buf)?;
         self.note(&m);
         Ok(m)
     }

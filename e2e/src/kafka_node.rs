@@ -4,6 +4,7 @@
 //! restart on the same log directory are what the broker-kill chaos does. Also the shared
 //! node's secured listeners and its ACLs, for the SSL, SASL and least-privilege tests.
 
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,8 +30,8 @@ pub struct KafkaNode {
 
 impl KafkaNode {
     /// Formats `dir` (if new) and starts the node; returns once it serves.
-    pub async fn start(dir: &Path) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
         let mut node = Self {
             dir: dir.to_path_buf(),
             port: four_free_ports()?,
@@ -45,23 +46,23 @@ impl KafkaNode {
     }
 
     /// Starts the node again on its directory and ports (after [`KafkaNode::kill9`]).
-    pub async fn restart(&mut self) -> Result<(), String> {
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         let out = Command::new(kafka_script())
             .arg("start")
             .arg(&self.dir)
             .arg(self.port.to_string())
             .output()
             .await
-            .map_err(|e| format!("{}: {e}", kafka_script().display()))?;
+            .with_context(|| format!("{}", kafka_script().display()))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "kafka.sh start {}: {}",
                 self.dir.display(),
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
         let pid = String::from_utf8_lossy(&out.stdout).trim().parse::<u32>();
-        self.pid = Some(pid.map_err(|e| format!("kafka.sh start printed no pid: {e}"))?);
+        self.pid = Some(pid.context("kafka.sh start printed no pid")?);
         Ok(())
     }
 
@@ -106,7 +107,7 @@ impl Drop for KafkaNode {
 /// A base port whose next three are free too, below the ephemeral range: a killed node's
 /// ports must still be free when it restarts, and the load's outgoing connections take
 /// ephemeral ports (one once took a restarting node's SSL port).
-fn four_free_ports() -> Result<u16, String> {
+fn four_free_ports() -> anyhow::Result<u16> {
     let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
@@ -120,7 +121,7 @@ fn four_free_ports() -> Result<u16, String> {
             return Ok(base);
         }
     }
-    Err("no four consecutive free loopback ports".into())
+    Err(anyhow::anyhow!("no four consecutive free loopback ports"))
 }
 
 /// The secured listeners of the suite's broker (`scripts/services.sh up` exports them).

@@ -11,7 +11,7 @@ async fn chaos(faults: &[Fault], db: &str) {
     let opts = ChaosOptions::new(faults, db);
     let outcome = run(&opts)
         .await
-        .unwrap_or_else(|e| panic!("chaos run failed: {e}"));
+        .unwrap_or_else(|e| panic!("chaos run failed: {e:#}"));
     let text = outcome.render();
     println!("{text}");
     assert!(outcome.problems.is_empty(), "{text}");
@@ -57,7 +57,7 @@ async fn page_shows_the_run(outcome: &ChaosOutcome, opts: &ChaosOptions) {
     let shot = browser::screenshot_path(&page, "chaos");
     let seen = browser::open(&page, Some(&shot))
         .await
-        .unwrap_or_else(|e| panic!("chromium: {e}"));
+        .unwrap_or_else(|e| panic!("chromium: {e:#}"));
     assert_eq!(seen.charts.len(), 3, "{seen:#?}");
     assert!(
         seen.charts.iter().all(|c| c.shapes > 0 && c.width > 500.0),

@@ -1,6 +1,7 @@
 //! `coupon-chaos`: the suite's chaos scenarios against the local stack, for a user to watch: a
 //! timeline of faults, then the books after healing. Exits 1 when a promise is broken.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -78,7 +79,7 @@ async fn main() -> ExitCode {
         Ok(outcome) => {
             print!("{}", outcome.render());
             if let Err(e) = write_files(&outcome, html.as_deref(), json.as_deref()) {
-                eprintln!("coupon-chaos: {e}");
+                eprintln!("coupon-chaos: {e:#}");
                 return ExitCode::from(2);
             }
             if outcome.problems.is_empty() {
@@ -88,7 +89,7 @@ async fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("coupon-chaos: {e}");
+            eprintln!("coupon-chaos: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -98,18 +99,15 @@ fn write_files(
     outcome: &coupon_e2e::chaos::ChaosOutcome,
     html: Option<&std::path::Path>,
     json: Option<&std::path::Path>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let write = |path: &std::path::Path, text: String| {
-        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     if let Some(path) = html {
-        write(
-            path,
-            coupon_e2e::chaos_page::page(outcome).map_err(|e| e.to_string())?,
-        )?;
+        write(path, coupon_e2e::chaos_page::page(outcome)?)?;
     }
     if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&outcome.to_json()).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(&outcome.to_json())?;
         write(path, text)?;
     }
     Ok(())
