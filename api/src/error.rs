@@ -213,33 +213,3 @@ mod tests {
         assert_eq!(codes, ApiError::CODES);
     }
 }
-
-/// Why coupon-api cannot start (or stopped serving): said once, at the binary's edge.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Campaign(#[from] coupon_core::campaign::BadCampaignName),
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    #[error(transparent)]
-    Backend(#[from] coupon_core::Error),
-    #[error("cannot reach Redis: {0}")]
-    Redis(coupon_core::Error),
-    #[error("cannot create the Kafka producer: {0}")]
-    Producer(coupon_core::Error),
-    #[error("cannot reach Kafka at {brokers} for topic {topic}: {error}{why}")]
-    Kafka {
-        brokers: String,
-        topic: String,
-        error: coupon_core::Error,
-        /// What librdkafka said about the connection, as "; …", or empty.
-        why: String,
-    },
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("server error: {0}")]
-    Serve(std::io::Error),
-}

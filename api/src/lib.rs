@@ -1,5 +1,7 @@
 //! `coupon-api`: `POST /api/coupons/{couponId}/issue` answers 202 only after the broker
-//! acknowledged the issuance event. The stages: [`request`] → gate → event ([`issue`]).
+//! acknowledged the issuance event. The stages: [`request`] → gate → event ([`issue`]). This
+//! file is the router and its handlers; [`state`] what they share, [`start`] the binary's
+//! start-up and `serve`.
 
 pub mod admission;
 pub mod contract;
@@ -8,14 +10,12 @@ pub mod identity;
 pub mod issue;
 pub mod metrics;
 pub mod request;
+pub mod start;
+pub mod state;
 pub mod status;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
@@ -25,142 +25,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use coupon_core::broker::{PublishTimeouts, Publisher};
-use coupon_core::campaign::{CouponId, topic_name};
-use coupon_core::config::ConnectionArgs;
-use coupon_core::gate::{RedisGate, Reserving};
-use tokio::net::TcpListener;
+use coupon_core::campaign::CouponId;
 use tokio::time::Instant;
-use tokio_util::task::TaskTracker;
 
-use crate::admission::Admission;
-use crate::error::StartError;
 use crate::error::{ApiError, status_location};
-use crate::issue::Issuer;
-use crate::metrics::Metrics;
 use crate::request::{IssueRequest, MAX_BODY_BYTES, parse_coupon_id};
-
-/// Shared state of the router.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    issuer: Issuer,
-    admission: Admission,
-    /// Coupon id → quantity as provisioned; `None` until read (or when Redis lost it).
-    catalog: RwLock<Option<HashMap<CouponId, i64>>>,
-    /// Issue requests run here, detached from their connection, so shutdown can wait for them.
-    tasks: TaskTracker,
-    /// Set on shutdown: `/readyz` answers 503 so no new traffic is routed here.
-    draining: AtomicBool,
-}
-
-impl AppState {
-    pub fn new(campaign: &str, gate: Arc<dyn Reserving>, publisher: Publisher) -> Self {
-        Self::with_admission(campaign, gate, publisher, Admission::default())
-    }
-
-    /// With an identity check, rate limits and load shedding.
-    pub fn with_admission(
-        campaign: &str,
-        gate: Arc<dyn Reserving>,
-        publisher: Publisher,
-        admission: Admission,
-    ) -> Self {
-        Self(Arc::new(Inner {
-            admission,
-            issuer: Issuer {
-                campaign: campaign.to_string(),
-                gate,
-                publisher,
-                metrics: Metrics::new(campaign),
-            },
-            catalog: RwLock::new(None),
-            tasks: TaskTracker::new(),
-            draining: AtomicBool::new(false),
-        }))
-    }
-
-    /// Readiness goes false; requests are still served.
-    pub fn start_draining(&self) {
-        self.0.draining.store(true, Ordering::SeqCst);
-    }
-
-    /// Waits (at most `within`) for every issue request to reach its end, even those whose
-    /// client is gone; false when some were still running.
-    pub async fn finish_requests(&self, within: Duration) -> bool {
-        self.0.tasks.close();
-        tokio::time::timeout(within, self.0.tasks.wait())
-            .await
-            .is_ok()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.issuer.metrics
-    }
-
-    /// Re-reads the campaign's coupon catalog from the gate.
-    pub async fn refresh_catalog(&self) -> coupon_core::Result<bool> {
-        let issuer = &self.0.issuer;
-        let catalog = issuer.gate.catalog(&issuer.campaign).await?;
-        let found = catalog.is_some();
-        let map = catalog.map(|c| c.into_iter().collect());
-        if let Ok(mut slot) = self.0.catalog.write() {
-            *slot = map;
-        }
-        Ok(found)
-    }
-
-    /// Forgets idle rate-limit buckets now and then.
-    pub fn spawn_bucket_cleanup(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let state = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                state.0.admission.forget_idle();
-            }
-        })
-    }
-
-    /// Keeps the catalog fresh so coupons added by provisioning become known without a restart.
-    pub fn spawn_catalog_refresh(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let state = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = state.refresh_catalog().await {
-                    tracing::warn!(error = %e, "catalog refresh failed");
-                }
-            }
-        })
-    }
-
-    /// The campaign's coupon ids, as the catalog lists them.
-    fn coupons(&self) -> Result<Vec<CouponId>, ApiError> {
-        self.with_catalog(|map| {
-            let mut ids: Vec<CouponId> = map.keys().copied().collect();
-            ids.sort_unstable();
-            ids
-        })
-    }
-
-    fn known(&self, coupon: CouponId) -> Result<Option<i64>, ApiError> {
-        self.with_catalog(|map| map.get(&coupon).copied())
-    }
-
-    fn with_catalog<T>(&self, f: impl FnOnce(&HashMap<CouponId, i64>) -> T) -> Result<T, ApiError> {
-        let guard = self
-            .0
-            .catalog
-            .read()
-            .map_err(|_| ApiError::unavailable("catalog lock poisoned"))?;
-        guard.as_ref().map(f).ok_or_else(|| {
-            ApiError::unavailable(
-                "the campaign's catalog is not in the gate; it is provisioning or being rebuilt",
-            )
-        })
-    }
-}
+pub use crate::start::{ApiConfig, StartError, run, serve};
+pub use crate::state::AppState;
 
 /// The whole HTTP surface; tests drive it with `oneshot`.
 pub fn app(state: AppState) -> Router {
@@ -433,107 +304,4 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics().render(),
     )
         .into_response()
-}
-
-/// Serves until `shutdown` resolves; then readiness goes false, the listener stays open for
-/// `drain_delay` (load balancers stop routing here), new connections are refused, and every
-/// request in flight (those whose client left included) runs to its end, within `finish_within`.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    drain_delay: Duration,
-    finish_within: Duration,
-) -> std::io::Result<()> {
-    let draining = state.clone();
-    // The peer address feeds the per-client rate limit.
-    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.start_draining();
-            tracing::info!(?drain_delay, "draining: readiness is false");
-            tokio::time::sleep(drain_delay).await;
-        })
-        .await?;
-    if !state.finish_requests(finish_within).await {
-        tracing::warn!(
-            ?finish_within,
-            "requests still running at shutdown; settlement will settle them"
-        );
-    }
-    Ok(())
-}
-
-/// Everything the API binary is configured with.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    pub backends: ConnectionArgs,
-    pub campaign: String,
-    pub topic: Option<String>,
-    pub listen: SocketAddr,
-    pub timeouts: PublishTimeouts,
-    /// When events are batched (under load) rather than sent at once.
-    pub batching: coupon_core::broker::Batching,
-    /// How long readiness is false before the listener closes, on shutdown.
-    pub drain_delay: Duration,
-    pub identity: crate::identity::IdentityMode,
-    pub jwt: crate::identity::JwtSettings,
-    pub limits: crate::admission::Limits,
-    /// Header carrying the client address behind a proxy (for the per-client limit).
-    pub client_address_header: Option<axum::http::HeaderName>,
-}
-
-/// Connects to Redis and Kafka (failing fast with a clear message), then serves.
-pub async fn run(
-    cfg: ApiConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    coupon_core::campaign::validate_name(&cfg.campaign)?;
-    let identity = crate::identity::Identity::new(&cfg.identity, &cfg.jwt)?;
-    let admission = Admission::new(identity, cfg.limits, cfg.client_address_header.clone());
-    let redis = cfg.backends.redis()?;
-    let kafka = cfg.backends.kafka()?;
-    let gate = RedisGate::connect(redis).await.map_err(StartError::Redis)?;
-    let topic = cfg
-        .topic
-        .clone()
-        .unwrap_or_else(|| topic_name(&cfg.campaign));
-    let publisher = Publisher::with_batching(&kafka, &topic, cfg.timeouts, cfg.batching)
-        .map_err(StartError::Producer)?;
-    let partitions = match publisher.check().await {
-        Ok(partitions) => partitions,
-        Err(error) => {
-            let why = coupon_core::broker::diagnose(&kafka).await;
-            return Err(StartError::Kafka {
-                brokers: kafka.brokers.clone(),
-                topic,
-                error,
-                why: why.map(|w| format!("; {w}")).unwrap_or_default(),
-            });
-        }
-    };
-    let identity = admission.identity.label();
-    let state =
-        AppState::with_admission(&cfg.campaign, Arc::new(gate), publisher.clone(), admission);
-    if !state.refresh_catalog().await? {
-        tracing::warn!(campaign = %cfg.campaign, "campaign not provisioned yet; answering 503 until it is");
-    }
-    state.spawn_catalog_refresh(Duration::from_secs(2));
-    state.spawn_bucket_cleanup(Duration::from_secs(30));
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: cfg.listen,
-            source,
-        })?;
-    tracing::info!(listen = %cfg.listen, campaign = %cfg.campaign, %topic, partitions, identity, limits = ?cfg.limits, "coupon-api serving");
-    // A request ends within its publish deadline; a second more covers the gate's answer.
-    let finish_within = cfg.timeouts.message + Duration::from_secs(1);
-    serve(listener, state, shutdown, cfg.drain_delay, finish_within)
-        .await
-        .map_err(StartError::Serve)?;
-    publisher.flush(Duration::from_secs(5));
-    tracing::info!("coupon-api stopped");
-    Ok(())
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::error::BadCampaignName;
 use crate::error::Error;
 
 pub const API_GROUP: &str = "coupons.fcfs.dev";
@@ -333,12 +334,6 @@ pub fn validate_name(name: &str) -> Result<(), BadCampaignName> {
         Err(BadCampaignName(name.to_string()))
     }
 }
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "campaign name {0:?} must be 1-50 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-)]
-pub struct BadCampaignName(pub String);
 
 fn validate_spec(spec: &CampaignSpec) -> Vec<String> {
     let mut problems = Vec::new();

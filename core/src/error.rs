@@ -66,7 +66,7 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
     #[error(transparent)]
-    CampaignName(#[from] crate::campaign::BadCampaignName),
+    CampaignName(#[from] BadCampaignName),
     /// The ledger holds a request id that is not a UUID (written by something else than the
     /// consumer): named, never skipped, since a skipped row would be a coupon nobody counts.
     #[error("the ledger's row {row} holds a request id that is not a UUID: {value:?}")]
@@ -145,3 +145,11 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Campaign names end up in Redis keys, topic names and Kubernetes object names: a DNS label
+/// (`campaign::validate_name` says which).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "campaign name {0:?} must be 1-50 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+)]
+pub struct BadCampaignName(pub String);
