@@ -371,32 +371,41 @@ fn n(v: impl Into<f64>) -> String {
 }
 
 impl Report {
+    /// The report's sections in the seed report's order, one table each.
     pub(crate) fn tables(&self) -> Vec<Table> {
+        vec![
+            self.requests_table(),
+            self.outcomes_table(),
+            self.lag_table(),
+            self.partitions_table(),
+            self.integrity_table(),
+            self.tiers_table(),
+            self.summary_table(),
+        ]
+    }
+
+    fn requests_table(&self) -> Table {
         let l = &self.latency_ms;
-        let mut t = vec![table(
-            "4.1 Requests",
-            &["metric", "value"],
+        let mut rows = vec![
+            vec!["requests".into(), n(self.requests as f64)],
+            vec!["duration".into(), format!("{:.1} s", self.duration_s)],
+            vec!["throughput".into(), format!("{:.2} req/s", self.throughput)],
             vec![
-                vec!["requests".into(), n(self.requests as f64)],
-                vec!["duration".into(), format!("{:.1} s", self.duration_s)],
-                vec!["throughput".into(), format!("{:.2} req/s", self.throughput)],
-                vec![
-                    "virtual users / connections (max)".into(),
-                    self.max_vus.to_string(),
-                ],
-                vec![
-                    "latency min / mean".into(),
-                    format!("{:.2} / {:.2} ms", l.min, l.mean),
-                ],
-                vec![
-                    "latency p50 / p95 / p99".into(),
-                    format!("{:.2} / {:.2} / {:.2} ms", l.p50, l.p95, l.p99),
-                ],
-                vec!["latency max".into(), format!("{:.2} ms", l.max)],
+                "virtual users / connections (max)".into(),
+                self.max_vus.to_string(),
             ],
-        )];
+            vec![
+                "latency min / mean".into(),
+                format!("{:.2} / {:.2} ms", l.min, l.mean),
+            ],
+            vec![
+                "latency p50 / p95 / p99".into(),
+                format!("{:.2} / {:.2} / {:.2} ms", l.p50, l.p95, l.p99),
+            ],
+            vec!["latency max".into(), format!("{:.2} ms", l.max)],
+        ];
         if let Some(s) = &self.to_stored_ms {
-            t[0].rows.push(vec![
+            rows.push(vec![
                 format!(
                     "202 → stored p50 / p95 / p99 ({} sampled, polled every {:.0} ms)",
                     s.samples, s.poll_ms
@@ -404,132 +413,136 @@ impl Report {
                 format!("{:.1} / {:.1} / {:.1} ms", s.p50, s.p95, s.p99),
             ]);
             if s.not_issued + s.not_seen > 0 {
-                t[0].rows.push(vec![
+                rows.push(vec![
                     "sampled 202s read released or unknown / still pending after 30 s (consumer without REDIS_URL?)".into(),
                     format!("{} / {}", s.not_issued, s.not_seen),
                 ]);
             }
         }
+        table("4.1 Requests", &["metric", "value"], rows)
+    }
+
+    fn outcomes_table(&self) -> Table {
         let total = self.requests.max(1) as f64;
-        t.push(table(
-            "4.2 Outcomes",
-            &["outcome", "requests", "share"],
-            self.outcomes
-                .iter()
-                .map(|(k, v)| {
-                    vec![
-                        k.clone(),
-                        n(*v as f64),
-                        format!("{:.2}%", 100.0 * *v as f64 / total),
-                    ]
-                })
-                .collect(),
-        ));
-        let peak = self.timeline.peak_lag();
-        t.push(table(
-            "5.1 Consumer lag",
-            &["metric", "value"],
+        let rows = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| {
+                let share = format!("{:.2}%", 100.0 * *v as f64 / total);
+                vec![k.clone(), n(*v as f64), share]
+            })
+            .collect();
+        table("4.2 Outcomes", &["outcome", "requests", "share"], rows)
+    }
+
+    fn lag_table(&self) -> Table {
+        let drained = self
+            .drained_after_s
+            .map_or("NOT DRAINED within 120 s".into(), |s| format!("{s:.2} s"));
+        let rows = vec![
             vec![
-                vec!["peak lag during the test".into(), n(peak as f64)],
-                vec![
-                    "drained after the last request".into(),
-                    self.drained_after_s
-                        .map_or("NOT DRAINED within 120 s".into(), |s| format!("{s:.2} s")),
-                ],
-                vec![
-                    "lag now (end offset - committed)".into(),
-                    n(self.integrity.total_lag() as f64),
-                ],
+                "peak lag during the test".into(),
+                n(self.timeline.peak_lag() as f64),
             ],
-        ));
-        t.push(table(
+            vec!["drained after the last request".into(), drained],
+            vec![
+                "lag now (end offset - committed)".into(),
+                n(self.integrity.total_lag() as f64),
+            ],
+        ];
+        table("5.1 Consumer lag", &["metric", "value"], rows)
+    }
+
+    fn partitions_table(&self) -> Table {
+        let skew = vec![
+            "max skew".into(),
+            String::new(),
+            format!("{:.1} pp from even", self.partition_skew_pct),
+        ];
+        let rows = self
+            .partitions
+            .iter()
+            .map(|p| {
+                let share = format!("{:.1}%", p.share_pct);
+                vec![p.partition.to_string(), n(p.events as f64), share]
+            })
+            .chain(std::iter::once(skew))
+            .collect();
+        table(
             "5.3 Partitions (events of this run)",
             &["partition", "events", "share"],
-            self.partitions
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.partition.to_string(),
-                        n(p.events as f64),
-                        format!("{:.1}%", p.share_pct),
-                    ]
-                })
-                .chain(std::iter::once(vec![
-                    "max skew".into(),
-                    String::new(),
-                    format!("{:.1} pp from even", self.partition_skew_pct),
-                ]))
-                .collect(),
-        ));
-        t.push(table(
+            rows,
+        )
+    }
+
+    fn integrity_table(&self) -> Table {
+        let rows = self
+            .integrity
+            .checks
+            .iter()
+            .map(|c| {
+                let s = match c.status {
+                    Status::Pass => "PASS",
+                    Status::Fail => "FAIL",
+                    Status::Skipped => "skip",
+                };
+                vec![c.id.into(), c.name.into(), s.into(), c.detail.clone()]
+            })
+            .collect();
+        table(
             "6 Integrity (I1-I6)",
             &["id", "invariant", "result", "detail"],
-            self.integrity
-                .checks
-                .iter()
-                .map(|c| {
-                    let s = match c.status {
-                        Status::Pass => "PASS",
-                        Status::Fail => "FAIL",
-                        Status::Skipped => "skip",
-                    };
-                    vec![c.id.into(), c.name.into(), s.into(), c.detail.clone()]
-                })
-                .collect(),
-        ));
-        t.push(table(
-            "6.4 Issuance by tier",
-            &[
-                "coupon ids",
-                "quantity each",
-                "issued",
-                "issue rate",
-                "sold out",
-                "sold out at",
-            ],
-            self.tiers
-                .iter()
-                .map(|t| {
-                    vec![
-                        t.ids.clone(),
-                        n(t.quantity_each as f64),
-                        n(t.issued as f64),
-                        format!("{:.2}%", t.issue_rate_pct),
-                        format!("{}/{}", t.sold_out_coupons, t.coupons),
-                        t.sold_out_at_s.map_or("-".into(), |s| format!("{s:.1} s")),
-                    ]
-                })
-                .collect(),
-        ));
-        t.push(table(
-            "7 Summary",
-            &[
-                "coupons",
-                "quantity",
-                "issued",
-                "users",
-                "issue rate",
-                "remaining",
-                "result",
-            ],
-            vec![vec![
-                self.coupons.to_string(),
-                n(self.quantity as f64),
-                n(self.issued as f64),
-                n(self.users as f64),
-                format!(
-                    "{:.2}%",
-                    100.0 * self.issued as f64 / self.quantity.max(1) as f64
-                ),
-                n(self.remaining as f64),
-                if self.passed {
-                    "PASS".into()
-                } else {
-                    "FAIL".into()
-                },
-            ]],
-        ));
-        t
+            rows,
+        )
+    }
+
+    fn tiers_table(&self) -> Table {
+        let head = [
+            "coupon ids",
+            "quantity each",
+            "issued",
+            "issue rate",
+            "sold out",
+            "sold out at",
+        ];
+        let rows = self
+            .tiers
+            .iter()
+            .map(|t| {
+                vec![
+                    t.ids.clone(),
+                    n(t.quantity_each as f64),
+                    n(t.issued as f64),
+                    format!("{:.2}%", t.issue_rate_pct),
+                    format!("{}/{}", t.sold_out_coupons, t.coupons),
+                    t.sold_out_at_s.map_or("-".into(), |s| format!("{s:.1} s")),
+                ]
+            })
+            .collect();
+        table("6.4 Issuance by tier", &head, rows)
+    }
+
+    fn summary_table(&self) -> Table {
+        let head = [
+            "coupons",
+            "quantity",
+            "issued",
+            "users",
+            "issue rate",
+            "remaining",
+            "result",
+        ];
+        let rate = 100.0 * self.issued as f64 / self.quantity.max(1) as f64;
+        let row = vec![
+            self.coupons.to_string(),
+            n(self.quantity as f64),
+            n(self.issued as f64),
+            n(self.users as f64),
+            format!("{rate:.2}%"),
+            n(self.remaining as f64),
+            if self.passed { "PASS" } else { "FAIL" }.into(),
+        ];
+        table("7 Summary", &head, vec![row])
     }
 
     /// A terminal table for people.
