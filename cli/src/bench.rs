@@ -237,12 +237,13 @@ impl Rig {
         let manifest = format!(
             "apiVersion: coupons.fcfs.dev/v1alpha1\nkind: CouponCampaign\nmetadata: {{name: {name}}}\nspec:\n  topic: {{partitions: 3}}\n  coupons:\n    - {{ids: \"1-100\", name: \"bench {{id}}\", discount: 1000, quantity: 10000000}}\n"
         );
+        let kafka = b.kafka()?;
         let rig = Self {
             campaign: Campaign::from_yaml(&manifest)?,
             gate: Arc::new(RedisGate::connect(b.redis()?).await?),
             ledger: Ledger::connect(b.database_url()?, 4).await?,
-            admin: KafkaAdmin::new(&b.kafka()?)?,
-            kafka: b.kafka()?,
+            admin: KafkaAdmin::new(&kafka)?,
+            kafka,
             name,
         };
         rig.provision_on(&rig.campaign, rig.gate.as_ref()).await?;

@@ -75,6 +75,10 @@ pub enum Error {
     /// another version, or by hand).
     #[error("the gate answered what this version cannot read: {0}")]
     GateProtocol(String),
+    #[error(
+        "coupon {coupon} has a stale shard {shard} of another layout; delete its gate keys and provision again"
+    )]
+    StaleShard { coupon: CouponId, shard: u16 },
     #[error("the in-process gate's lock was poisoned by a panic")]
     GatePoisoned,
     #[error("redis at {0} did not answer within 5 s")]
@@ -125,6 +129,7 @@ impl Error {
             Self::Config(_) => "config",
             Self::BadRequestId { .. } => "bad_request_id",
             Self::GateProtocol(_) | Self::GatePoisoned => "gate_protocol",
+            Self::StaleShard { .. } => "stale_shard",
             Self::RedisTimeout(_) => "redis",
             Self::ProducerFatal { .. } | Self::TopicMissing(_) | Self::TopicRefused { .. } => {
                 "kafka"

@@ -397,3 +397,45 @@ impl StoredMarks for MemoryGate {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn forgetting_a_campaign_removes_its_coupons_catalog_and_lost_mark() {
+        let gate = MemoryGate::new();
+        let cfg = GateCoupon {
+            quantity: 5,
+            starts_ms: 0,
+            ends_ms: 0,
+            shards: 1,
+        };
+        for coupon in [1, 2] {
+            gate.ensure("spring", coupon, cfg, &[])
+                .await
+                .expect("ensured");
+        }
+        gate.ensure("other", 1, cfg, &[]).await.expect("ensured");
+        gate.set_catalog("spring", &[(1, 5), (2, 5)])
+            .await
+            .expect("catalog");
+        gate.mark_lost("spring").await.expect("marked");
+
+        let removed = gate
+            .forget_campaign("spring", &[1, 2])
+            .await
+            .expect("forgot");
+
+        assert_eq!(removed, 4, "two coupons, the catalog and the lost mark");
+        assert_eq!(gate.snapshot("spring", 1).await.expect("read"), None);
+        assert_eq!(gate.catalog("spring").await.expect("read"), None);
+        assert!(gate.snapshot("other", 1).await.expect("read").is_some());
+        assert_eq!(
+            gate.forget_campaign("spring", &[1, 2])
+                .await
+                .expect("again"),
+            0
+        );
+    }
+}

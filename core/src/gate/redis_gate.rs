@@ -824,13 +824,9 @@ impl Provisioning for RedisGate {
                     stock[usize::from(shard)],
                 )
                 .await?;
-            if let EnsureReply::Reshard(live) = reply {
+            if let EnsureReply::Reshard(_) = reply {
                 // A leftover shard of an older layout: its keys must go before provisioning.
-                return Err(Error::ShardsChanged {
-                    coupon,
-                    live,
-                    wanted: k,
-                });
+                return Err(Error::StaleShard { coupon, shard });
             }
         }
         self.remember_shards(campaign, coupon, k);
